@@ -1,0 +1,79 @@
+"""Image decoding: every image becomes RGB PNG bytes once, at filter time.
+
+The published SVRD code fed images in whatever mode the file had (palette, alpha), so
+training and evaluation saw different pixels. We convert once and store the result.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+from PIL import Image, ImageFile
+
+from svrd.errors import RecordError
+
+DEFAULT_MAX_PIXELS = 25_000_000
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any mode to RGB; transparency is composited on white (as ScienceQA renders)."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # 16/32-bit grayscale: scale into 8 bits rather than clipping to white.
+        import numpy as np
+
+        arr = np.asarray(img, dtype=np.float64)
+        hi = arr.max() if arr.size else 0.0
+        arr = (arr / hi * 255.0) if hi > 0 else arr
+        img = Image.fromarray(arr.clip(0, 255).astype("uint8"), mode="L")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA"):
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, img).convert("RGB")
+    return img.convert("RGB")
+
+
+def decode_rgb(data: bytes, pid: str | None, field: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode image bytes to an RGB image, with a clear error naming pid and field."""
+    if not data:
+        raise RecordError(pid, field, "image file is empty (0 bytes)")
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+            if width * height > max_pixels:
+                raise RecordError(
+                    pid, field, f"image of {width}x{height} = {width * height} pixels exceeds the limit of {max_pixels}"
+                )
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                img.load()
+            return to_rgb(img)
+    except RecordError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise RecordError(pid, field, f"image refused as a decompression bomb: {exc}") from None
+    except Exception as exc:  # PIL raises many types for corrupt data
+        raise RecordError(pid, field, f"image cannot be decoded ({type(exc).__name__}: {exc})") from None
+
+
+def png_bytes(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", optimize=False)
+    return buf.getvalue()
+
+
+def normalize_image(data: bytes, pid: str | None, field: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes:
+    """Any image bytes in, RGB PNG bytes out (or RecordError)."""
+    return png_bytes(decode_rgb(data, pid, field, max_pixels))
+
+
+def open_png(data: bytes) -> Image.Image:
+    """Open PNG bytes already normalized by filter (RGB, size-checked)."""
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    return img if img.mode == "RGB" else img.convert("RGB")
