@@ -18,17 +18,24 @@ DEFAULT_MAX_PIXELS = 25_000_000
 
 def to_rgb(img: Image.Image) -> Image.Image:
     """Convert any mode to RGB; transparency is composited on white (as ScienceQA renders)."""
-    if img.mode == "RGB":
+    if img.mode == "RGB" and "transparency" not in img.info:
         return img
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        # 16/32-bit grayscale: scale into 8 bits rather than clipping to white.
+    if img.mode in ("I;16", "I;16B", "I;16L"):
+        # 16-bit grayscale: map the full 0..65535 range onto 0..255 (Pillow's own convert clips).
+        import numpy as np
+
+        arr = np.asarray(img, dtype=np.float64) / 257.0
+        img = Image.fromarray(arr.round().clip(0, 255).astype("uint8"))
+    elif img.mode in ("I", "F"):
+        # 32-bit integer/float: no fixed range, so scale by the maximum rather than clipping to white.
         import numpy as np
 
         arr = np.asarray(img, dtype=np.float64)
         hi = arr.max() if arr.size else 0.0
         arr = (arr / hi * 255.0) if hi > 0 else arr
-        img = Image.fromarray(arr.clip(0, 255).astype("uint8"), mode="L")
-    if img.mode == "P" and "transparency" in img.info:
+        img = Image.fromarray(arr.clip(0, 255).astype("uint8"))
+    if img.mode in ("P", "L", "RGB", "1") and "transparency" in img.info:
+        # a tRNS colour (palette, grayscale or RGB PNGs): make it an alpha channel first
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "PA"):
         img = img.convert("RGBA")
@@ -43,7 +50,11 @@ def decode_rgb(data: bytes, pid: str | None, field: str = "image", max_pixels: i
         raise RecordError(pid, field, "image file is empty (0 bytes)")
     ImageFile.LOAD_TRUNCATED_IMAGES = False
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with warnings.catch_warnings():
+            # max_pixels below is the limit; Pillow's own warning past 89M pixels is noise here
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(io.BytesIO(data))
+        with opened as img:
             width, height = img.size
             if width * height > max_pixels:
                 raise RecordError(

@@ -51,7 +51,7 @@ def _text(value: Any, pid: str, field: str) -> str:
         return ""
     if isinstance(value, bytes):
         try:
-            return value.decode("utf-8")
+            value = value.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise RecordError(pid, field, f"text is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
     if not isinstance(value, str):

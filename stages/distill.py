@@ -1,0 +1,54 @@
+"""distill: fine-tune the student on the teacher's rationales (vision encoder frozen,
+loss on target tokens only). Resumes from its last checkpoint when killed.
+
+    python stages/distill.py
+    dvc exp run -S train.lr=1.4e-5
+"""
+
+import shutil
+
+from dvclive import Live
+
+from svrd.distill import run_fingerprint, save_student, train
+from svrd.examples import build_examples
+from svrd.infer import accuracy_on
+from svrd.io import read_rows, write_json
+from svrd.models import freeze, load_model, load_processor, pick_device, pick_dtype
+from svrd.params import load_params
+from svrd.split import refuse_test_pids
+from svrd.stage import DISTILLED, LIVE_DISTILL, METRICS, RATIONALES, SPLIT_DIR, cache_dir, run
+
+
+def main() -> None:
+    params = load_params()
+    s, t = params.student, params.train
+    train_rows = read_rows(SPLIT_DIR / "train.parquet")
+    val_rows = read_rows(SPLIT_DIR / "val.parquet")
+    rationales = {r["pid"]: r for r in read_rows(RATIONALES)}
+    refuse_test_pids([r["pid"] for r in train_rows + val_rows] + list(rationales),
+                     {r["pid"]: r["split"] for r in train_rows + val_rows + list(rationales.values())}, stage="distill")
+    examples = build_examples(train_rows, rationales, t.target, t.conclusion, t.mix_answer_share, t.seed)
+    val_examples = build_examples(val_rows, rationales, t.target, t.conclusion, t.mix_answer_share, t.seed)
+
+    device = pick_device()
+    model = load_model(s.model, s.trust_remote_code, pick_dtype(t.precision, device)).to(device)
+    processor = load_processor(s.model, s.trust_remote_code)
+    counts = freeze(model, vision=s.freeze_vision, projector_too=s.freeze_projector)
+
+    checkpoints = cache_dir() / "distill" / run_fingerprint(s.model, t.model_dump(), examples)
+    eval_rows = val_rows[: t.eval_questions]
+    evaluate = (lambda m: accuracy_on(m, processor, eval_rows, t.eval_max_new_tokens)) if eval_rows else None
+    with Live(str(LIVE_DISTILL), save_dvc_exp=False, dvcyaml=None) as live:
+        stats = train(model, processor, examples, val_examples, t, str(checkpoints), live, evaluate)
+    save_student(model, processor, DISTILLED)
+    shutil.rmtree(checkpoints, ignore_errors=True)  # finished: checkpoints were only for resuming
+    stats.update(counts, trust_remote_code=s.trust_remote_code)
+    write_json(METRICS / "distill.json", stats)
+    print(f"distill: {stats['examples']} examples, {stats['steps']} steps (effective batch {stats['effective_batch']}), "
+          f"train loss {stats['train_loss']}, val loss {stats.get('val_loss')}, {stats['tokens_per_s']} tokens/s, "
+          f"{counts['trainable'] / 1e6:.2f}M of {counts['parameters'] / 1e6:.2f}M parameters trained"
+          + (" [trust_remote_code ON]" if s.trust_remote_code else ""))
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,26 @@
+"""infer: batched greedy decoding of the test split by one model of `infer.models`.
+
+    python stages/infer.py distilled
+"""
+
+import sys
+
+from svrd.infer import PREDICTION_SCHEMA, run_inference
+from svrd.io import read_rows, write_json, write_table
+from svrd.params import load_params
+from svrd.stage import INFER_DIR, METRICS, SPLIT_DIR, run
+
+
+def main() -> None:
+    name = sys.argv[1]
+    params = load_params()
+    test_rows = read_rows(SPLIT_DIR / "test.parquet")
+    rows, stats = run_inference(params, name, test_rows)
+    write_table(INFER_DIR / name / "predictions.parquet", rows, PREDICTION_SCHEMA)
+    write_json(METRICS / "infer" / f"{name}.json", stats)
+    print(f"infer {name}: {stats['questions']} questions in {stats['wall_s']} s ({stats['questions_per_s']} q/s, "
+          f"{stats['tokens_per_s']} tokens/s), {stats['unparseable']} unparseable, {stats['resumed']} resumed")
+
+
+if __name__ == "__main__":
+    run(main)

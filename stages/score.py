@@ -1,0 +1,19 @@
+"""score: accuracy overall, per topic and in ScienceQA's official groups for every model of
+`infer.models`, rationale quality, the Table 1 report and the plots.
+
+    python stages/score.py
+"""
+
+from svrd.evaluate import score_models
+from svrd.params import load_params
+from svrd.stage import run
+
+
+def main() -> None:
+    params = load_params()
+    for line in score_models(list(params.infer.models)):
+        print(line)
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,185 @@
+"""distill: fine-tune the student on (image + question) -> (rationale + answer).
+
+transformers' Trainer runs the loop (so accelerate/DDP/FSDP, gradient accumulation, bf16 and
+checkpoint resume come for free); what is ours is the data (svrd.examples: prompt and image
+tokens masked), the frozen vision encoder, and what DVCLive records.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from svrd.examples import Collator, Example, TrainingDataset, tokenizer_of
+from svrd.io import atomic_dir
+
+log = logging.getLogger(__name__)
+
+# Adam is AdamW with weight decay 0 (the decoupled decay is then a no-op), so the paper's
+# optimizer is exactly `adamw_torch` with weight_decay forced to 0.
+OPTIMIZERS = {"adam": "adamw_torch", "adamw": "adamw_torch", "sgd": "sgd", "adafactor": "adafactor"}
+
+
+class CountingCollator(Collator):
+    """Also counts tokens seen, for the tokens/s curve."""
+
+    def __init__(self, pad_token_id: int):
+        super().__init__(pad_token_id)
+        self.tokens = 0
+        self.pad_tokens = 0
+
+    def __call__(self, features):
+        batch = super().__call__(features)
+        real = int(batch["attention_mask"].sum())
+        self.tokens += real
+        self.pad_tokens += batch["attention_mask"].numel() - real
+        return batch
+
+
+class LengthGroupedTrainer(Trainer):
+    """Trainer that takes precomputed lengths instead of encoding every example to measure it."""
+
+    def __init__(self, *args, lengths: list[int] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._lengths = lengths
+
+    def _get_train_sampler(self, train_dataset=None):
+        if self.args.train_sampling_strategy == "group_by_length" and self._lengths is not None:
+            from transformers.trainer_pt_utils import LengthGroupedSampler
+
+            return LengthGroupedSampler(
+                self.args.train_batch_size * self.args.gradient_accumulation_steps, lengths=self._lengths
+            )
+        return super()._get_train_sampler(train_dataset)
+
+
+class LiveCallback(TrainerCallback):
+    """DVCLive curves keyed by optimizer step: loss, lr, throughput; val loss and accuracy."""
+
+    def __init__(self, live, collator: CountingCollator, evaluate_accuracy=None):
+        self.live = live
+        self.collator = collator
+        self.evaluate_accuracy = evaluate_accuracy
+        self._t0 = time.perf_counter()
+        self._tokens0 = 0
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        self.live.step = state.global_step
+        now = time.perf_counter()
+        for key, name in (("loss", "train/loss"), ("learning_rate", "train/lr"), ("eval_loss", "val/loss"),
+                          ("grad_norm", "train/grad_norm")):
+            if key in logs:
+                self.live.log_metric(name, float(logs[key]))
+        if "loss" in logs and now > self._t0:
+            tokens = self.collator.tokens - self._tokens0
+            self.live.log_metric("train/tokens_per_s", round(tokens / (now - self._t0), 1))
+            self.live.log_metric("train/epoch", round(float(logs.get("epoch", state.epoch or 0)), 3))
+            self._t0, self._tokens0 = now, self.collator.tokens
+
+    def on_epoch_end(self, args, state, control, model=None, **kwargs):
+        if self.evaluate_accuracy is not None and state.is_world_process_zero:
+            acc = self.evaluate_accuracy(model)
+            self.live.step = state.global_step
+            self.live.log_metric("val/acc", acc)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.live.step = state.global_step
+            self.live.make_summary()
+
+
+def run_fingerprint(student: str, train_cfg: dict, examples: list[Example]) -> str:
+    """Identifies a training run: checkpoints are resumed only by the same run."""
+    h = hashlib.sha256()
+    h.update(json.dumps({"student": student, "train": train_cfg}, sort_keys=True, default=str).encode())
+    for ex in examples:
+        h.update(ex.pid.encode())
+        h.update(ex.target.encode())
+        h.update(hashlib.sha256(ex.image or b"").digest())
+    return h.hexdigest()[:16]
+
+
+def training_arguments(cfg, output_dir: str, use_bf16: bool, use_fp16: bool, has_eval: bool) -> TrainingArguments:
+    weight_decay = 0.0 if cfg.optimizer == "adam" else cfg.weight_decay
+    return TrainingArguments(
+        output_dir=output_dir,
+        optim=OPTIMIZERS[cfg.optimizer],
+        learning_rate=cfg.lr,
+        weight_decay=weight_decay,
+        num_train_epochs=cfg.epochs,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        warmup_steps=cfg.warmup_steps,
+        lr_scheduler_type=cfg.schedule,
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
+        logging_steps=10,
+        eval_strategy="epoch" if has_eval else "no",
+        save_strategy="steps" if cfg.save_steps else "no",
+        save_steps=cfg.save_steps or 500,
+        save_total_limit=2,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        bf16=use_bf16,
+        fp16=use_fp16,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        report_to="none",
+        disable_tqdm=False,
+        save_only_model=False,
+    )
+
+
+def latest_checkpoint(output_dir: str | Path) -> str | None:
+    ckpts = sorted(Path(output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    return str(ckpts[-1]) if ckpts else None
+
+
+def train(model, processor, train_examples: list[Example], val_examples: list[Example], cfg, checkpoint_dir: str,
+          live=None, evaluate_accuracy=None) -> dict:
+    """Train in place; resumes from the newest checkpoint in `checkpoint_dir` if one exists."""
+    tok = tokenizer_of(processor)
+    train_ds = TrainingDataset(processor, train_examples, cfg.max_length)
+    val_ds = TrainingDataset(processor, val_examples, cfg.max_length) if val_examples else None
+    collator = CountingCollator(tok.pad_token_id)
+    dtype = next(model.parameters()).dtype
+    args = training_arguments(cfg, checkpoint_dir, dtype == torch.bfloat16, dtype == torch.float16, val_ds is not None)
+    callbacks = [LiveCallback(live, collator, evaluate_accuracy)] if live is not None else []
+    trainer = LengthGroupedTrainer(
+        model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, data_collator=collator,
+        callbacks=callbacks, lengths=train_ds.lengths() if cfg.group_by_length else None,
+    )
+    resume = latest_checkpoint(checkpoint_dir)
+    if resume:
+        print(f"distill: resuming from {resume}")
+    t0 = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=resume)
+    wall = time.perf_counter() - t0
+    stats = {
+        "train_loss": round(float(result.training_loss), 4),
+        "steps": int(result.global_step),
+        "examples": len(train_examples),
+        "effective_batch": cfg.batch_size * cfg.grad_accum * max(1, args.world_size),
+        "wall_s": round(wall, 1),
+        "tokens_per_s": round(collator.tokens / wall, 1) if wall else 0.0,
+        "pad_share": round(collator.pad_tokens / max(1, collator.tokens + collator.pad_tokens), 4),
+        "resumed_from": resume,
+    }
+    if val_ds is not None:
+        stats["val_loss"] = round(float(trainer.evaluate()["eval_loss"]), 4)
+    return stats
+
+
+def save_student(model, processor, out_dir: str | Path) -> None:
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp)  # safetensors
+        processor.save_pretrained(tmp)

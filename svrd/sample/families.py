@@ -1,0 +1,508 @@
+"""Task families of the sample dataset, each modelled on a real ScienceQA image-question skill.
+
+A family's `make(rng)` returns an `Item`: the question, the right option and the distractors,
+hint, grade, lecture, solution and caption, and the image (PIL, 128 x 128 RGB). Options are
+ordered (and the answer index set) by the caller, so letters can be balanced across a family.
+
+Design rules (a tiny student sees the image at 64 x 64):
+- every decisive detail is a big shape in a strong colour: region positions, the red north
+  arrow, pole colours (N red, S blue), at most 9 large particles, thick arrows with big heads,
+  bar heights on a fixed scale;
+- names that appear as text in the options are bound to a fixed colour across the whole
+  dataset (states on the map, organisms in a food web), because labels are unreadable at 64 px;
+- the solution states the decisive visual facts and then the conclusion, in 1-3 sentences.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import deque
+from dataclasses import dataclass, field
+
+from PIL import Image
+
+from svrd.sample.draw import COLOURS, DARK, SIZE, WHITE, arrow, canvas, centered_text
+
+TASK = "closed choice"
+
+
+@dataclass
+class Item:
+    question: str
+    correct: str
+    distractors: list[str]
+    hint: str
+    grade: str
+    lecture: str
+    solution: str
+    caption: str
+    image: Image.Image
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    subject: str
+    topic: str
+    category: str
+    skill: str
+    make: object = field(repr=False)  # Callable[[random.Random], Item]
+
+
+def _join(words: list[str]) -> str:
+    """'a', 'a and b', 'a, b, and c' (ScienceQA's serial comma)."""
+    if len(words) <= 2:
+        return " and ".join(words)
+    return ", ".join(words[:-1]) + ", and " + words[-1]
+
+
+# --------------------------------------------------------------------------------------------
+# 1. Compass map: "Which of these states is farthest north?"
+# --------------------------------------------------------------------------------------------
+
+# Made-up states (no world knowledge to contradict), each always drawn in the same colour.
+STATES = {
+    "Avalon": "red", "Brisa": "blue", "Corvo": "green", "Delmar": "orange",
+    "Esmer": "purple", "Falun": "yellow", "Galen": "pink", "Halden": "teal",
+}
+# Image-space unit vectors (x right, y down) and their words.
+_VEC_WORD = {(0, -1): "top", (0, 1): "bottom", (-1, 0): "left", (1, 0): "right"}
+_SIDE = {(0, -1): "the top", (0, 1): "the bottom", (-1, 0): "the left side", (1, 0): "the right side"}
+_ROW = ("top", "middle", "bottom")
+_COL = ("left", "center", "right")
+
+MAP_LECTURE = (
+    "Maps have four cardinal directions: north, south, east, and west. A compass rose shows them, "
+    "and its red arrow points north. East is a quarter turn clockwise from north."
+)
+
+
+def _cell_words(r: int, c: int) -> str:
+    if r == 1 and c == 1:
+        return "the center"
+    if r == 1:
+        return f"the {_COL[c]}"
+    if c == 1:
+        return f"the {_ROW[r]}"
+    return f"the {_ROW[r]} {_COL[c]}"
+
+
+def _directions(north: tuple[int, int]) -> dict[str, tuple[int, int]]:
+    nx, ny = north
+    east = (-ny, nx)  # a quarter turn clockwise on screen
+    return {"north": north, "south": (-nx, -ny), "east": east, "west": (-east[0], -east[1])}
+
+
+def _draw_compass(draw, cx: float, cy: float, north: tuple[int, int]) -> None:
+    for name, (vx, vy) in _directions(north).items():
+        length, half = (16, 6) if name == "north" else (11, 4)
+        px, py = -vy, vx
+        pts = [(cx + vx * length, cy + vy * length), (cx + px * half, cy + py * half), (cx - px * half, cy - py * half)]
+        draw.polygon(pts, fill=COLOURS["red"] if name == "north" else DARK)
+    draw.ellipse([cx - 2, cy - 2, cx + 2, cy + 2], fill=WHITE, outline=DARK)
+    vx, vy = north
+    centered_text(draw, (cx + vx * 22, cy + vy * 22), "N", 9, fill=COLOURS["red"])
+
+
+def make_compass_map(rng: random.Random) -> Item:
+    north = rng.choice(list(_VEC_WORD))
+    dirs = _directions(north)
+    direction = rng.choice(["north", "south", "east", "west"])
+    vx, vy = dirs[direction]
+    corner = rng.choice([(0, 0), (0, 2), (2, 0), (2, 2)])
+    free = [(r, c) for r in range(3) for c in range(3) if (r, c) != corner]
+    n_states = 4 if rng.random() < 0.6 else 3
+    while True:
+        cells = rng.sample(free, n_states)
+        scores = [c * vx + r * vy for r, c in cells]
+        best = max(scores)
+        if scores.count(best) == 1:
+            break
+    names = rng.sample(sorted(STATES), n_states)
+    winner = names[scores.index(best)]
+
+    img, draw = canvas()
+    draw.rectangle([3, 3, SIZE - 4, SIZE - 4], fill=(238, 228, 198), outline=DARK, width=2)
+    for (r, c), name in zip(cells, names, strict=True):
+        cx = 24 + 40 * c + rng.randint(-3, 3)
+        cy = 24 + 40 * r + rng.randint(-3, 3)
+        w, h = rng.randint(14, 17), rng.randint(11, 14)
+        pts = [(cx - w + rng.randint(-2, 2), cy - h + rng.randint(-2, 2)),
+               (cx + rng.randint(-3, 3), cy - h - rng.randint(0, 3)),
+               (cx + w + rng.randint(-2, 2), cy - h + rng.randint(-2, 2)),
+               (cx + w + rng.randint(0, 3), cy + rng.randint(-3, 3)),
+               (cx + w + rng.randint(-2, 2), cy + h + rng.randint(-2, 2)),
+               (cx + rng.randint(-3, 3), cy + h + rng.randint(0, 3)),
+               (cx - w + rng.randint(-2, 2), cy + h + rng.randint(-2, 2)),
+               (cx - w - rng.randint(0, 3), cy + rng.randint(-3, 3))]
+        draw.polygon(pts, fill=COLOURS[STATES[name]], outline=DARK)
+        centered_text(draw, (cx, cy), name, 8, fill=WHITE if STATES[name] not in ("yellow",) else (20, 20, 20))
+    _draw_compass(draw, 24 + 40 * corner[1], 24 + 40 * corner[0], north)
+
+    where = [f"{name} ({STATES[name]}) at {_cell_words(r, c)}" for (r, c), name in sorted(zip(cells, names, strict=True))]
+    caption = f"A map with {len(names)} colored states: {_join(where)}. The compass rose points north to the {_VEC_WORD[north]}."
+    side = _SIDE[(vx, vy)]
+    lead = f"The north arrow points to the {_VEC_WORD[north]}"
+    if direction == "north":
+        lead += "."
+    else:
+        lead += f", so {direction} is toward {side} of the map."
+    solution = f"{lead} {winner} is the closest to {side}. So, {winner} is farthest {direction}."
+    return Item(
+        question=f"Which of these states is farthest {direction}?",
+        correct=winner,
+        distractors=[n for n in names if n != winner],
+        hint="",
+        grade=rng.choice(["grade2", "grade3", "grade4"]),
+        lecture=MAP_LECTURE,
+        solution=solution,
+        caption=caption,
+        image=img,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# 2. Magnets: "Will these magnets attract or repel each other?"
+# --------------------------------------------------------------------------------------------
+
+POLE_COLOUR = {"N": COLOURS["red"], "S": COLOURS["blue"]}
+POLE_WORD = {"N": "north", "S": "south"}
+MAGNET_LECTURE = (
+    "Magnets can pull or push on each other without touching. Every magnet has a north pole (N) "
+    "and a south pole (S). Opposite poles attract, and like poles repel."
+)
+
+
+def make_magnets(rng: random.Random) -> Item:
+    vertical = rng.random() < 0.4
+    first = rng.choice(["NS", "SN"])
+    second = rng.choice(["NS", "SN"])
+    gap = rng.randint(10, 20)
+    length = (SIZE - 12 - gap) // 2
+    thick = rng.randint(26, 32)
+    img, draw = canvas()
+    for k, poles in enumerate((first, second)):
+        start = 6 + k * (length + gap)
+        for h, pole in enumerate(poles):
+            a = start + h * (length // 2)
+            b = start + (h + 1) * (length // 2)
+            lo, hi = SIZE // 2 - thick // 2, SIZE // 2 + thick // 2
+            box = [lo, a, hi, b] if vertical else [a, lo, b, hi]
+            draw.rectangle(box, fill=POLE_COLOUR[pole], outline=DARK, width=1)
+            centered_text(draw, ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2), pole, 14, fill=WHITE)
+    near_a, near_b = first[1], second[0]
+    attract = near_a != near_b
+    order = ", ".join(first + second)
+    if vertical:
+        caption = f"Two bar magnets, one above the other. From top to bottom the poles are {order}."
+    else:
+        caption = f"Two bar magnets side by side. From left to right the poles are {order}."
+    if attract:
+        reason = ("The north pole of one magnet is closest to the south pole of the other magnet. "
+                  "Opposite poles attract. So, these magnets will attract each other.")
+    else:
+        word = POLE_WORD[near_a]
+        reason = (f"The {word} pole of one magnet is closest to the {word} pole of the other magnet. "
+                  "Like poles repel. So, these magnets will repel each other.")
+    grade = rng.choice(["grade2", "grade3", "grade4", "grade5"])
+    hint = "Two magnets are placed as shown."
+    if grade in ("grade2", "grade3"):
+        hint += "\nHint: Magnets that attract pull together. Magnets that repel push apart."
+    return Item(
+        question="Will these magnets attract or repel each other?",
+        correct="attract" if attract else "repel",
+        distractors=["repel" if attract else "attract"],
+        hint=hint,
+        grade=grade,
+        lecture=MAGNET_LECTURE,
+        solution=reason,
+        caption=caption,
+        image=img,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# 3. Particles in beakers: "Which solution has a higher concentration of purple particles?"
+# --------------------------------------------------------------------------------------------
+
+PARTICLE_COLOURS = ("purple", "green", "blue", "red", "orange", "pink")
+NEITHER = "neither; their concentrations are the same"
+SOLUTION_LECTURE = (
+    "A solution is made of solute particles mixed into a solvent. Concentration is the ratio of "
+    "solute to solvent: concentration = particles of solute / volume of solvent. When the volumes "
+    "are the same, the solution with more solute particles has the higher concentration."
+)
+
+
+def _beaker(draw, rng: random.Random, x0: int, count: int, colour: str, label: str, volume: int) -> None:
+    x1, top, bottom, liquid = x0 + 50, 26, 106, 38
+    draw.rectangle([x0, liquid, x1, bottom], fill=(205, 228, 250))
+    draw.line([(x0, top), (x0, bottom), (x1, bottom), (x1, top)], fill=DARK, width=2)
+    draw.line([(x0 - 3, top), (x0, top)], fill=DARK, width=2)
+    draw.line([(x1, top), (x1 + 3, top)], fill=DARK, width=2)
+    centered_text(draw, (x0 + 25, top - 8), f"{volume} mL", 9, clamp=True)
+    centered_text(draw, (x0 + 25, bottom + 11), label, 10, clamp=True)
+    cells = rng.sample(range(9), count)
+    for cell in cells:
+        r, c = divmod(cell, 3)
+        cx = x0 + 9 + 16 * c + rng.randint(-2, 2)
+        cy = liquid + 11 + 21 * r + rng.randint(-3, 3)
+        draw.ellipse([cx - 5, cy - 5, cx + 5, cy + 5], fill=COLOURS[colour], outline=(30, 30, 30))
+
+
+def make_concentration(rng: random.Random) -> Item:
+    colour = rng.choice(PARTICLE_COLOURS)
+    volume = rng.choice([25, 30, 35, 40, 45, 50])
+    outcome = rng.choice(["A", "B", "same"])
+    if outcome == "same":
+        a = b = rng.randint(1, 9)
+    else:
+        hi = rng.randint(2, 9)
+        lo = rng.randint(1, hi - 1)
+        a, b = (hi, lo) if outcome == "A" else (lo, hi)
+    img, draw = canvas()
+    _beaker(draw, rng, 8, a, colour, "Solution A", volume)
+    _beaker(draw, rng, 70, b, colour, "Solution B", volume)
+
+    def n(k: int) -> str:
+        return f"{k} {colour} particle" + ("" if k == 1 else "s")
+
+    caption = (f"Two beakers labeled Solution A and Solution B, each with {volume} mL of solvent. "
+               f"Solution A has {n(a)} and Solution B has {n(b)}.")
+    facts = f"Solution A has {n(a)} in {volume} mL of solvent. Solution B has {n(b)} in {volume} mL of solvent."
+    if outcome == "same":
+        correct = NEITHER
+        solution = f"{facts} They have the same number of {colour} particles per milliliter. So, their concentrations are the same."
+    else:
+        correct = f"Solution {outcome}"
+        solution = f"{facts} So, Solution {outcome} has a higher concentration of {colour} particles."
+    return Item(
+        question=f"Which solution has a higher concentration of {colour} particles?",
+        correct=correct,
+        distractors=[c for c in ("Solution A", "Solution B", NEITHER) if c != correct],
+        hint=f"The diagram below is a model of two solutions. Each {colour} ball represents one particle of solute.",
+        grade=rng.choice(["grade6", "grade7", "grade8"]),
+        lecture=SOLUTION_LECTURE,
+        solution=solution,
+        caption=caption,
+        image=img,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# 4. Food web: "Which of these organisms contains matter that was once part of the grass?"
+# --------------------------------------------------------------------------------------------
+
+# Six roles: two producers, two primary consumers, two predators; each name has one colour.
+ECOSYSTEMS = {
+    "meadow": (("grass", "green"), ("clover", "yellow"), ("rabbit", "brown"), ("mouse", "gray"),
+               ("fox", "orange"), ("hawk", "purple")),
+    "pond": (("algae", "green"), ("duckweed", "yellow"), ("snail", "brown"), ("tadpole", "gray"),
+             ("fish", "orange"), ("heron", "purple")),
+}
+FOODWEB_LECTURE = (
+    "A food web is a model that shows where organisms in an ecosystem get their food. Each arrow "
+    "points from the organism that is eaten to the organism that eats it, so matter moves along the arrows."
+)
+
+
+def _reach(edges: list[tuple[int, int]], src: int) -> dict[int, int]:
+    """Nodes reachable from src by following arrows, mapped to their predecessor on a shortest path."""
+    prev: dict[int, int] = {}
+    queue = deque([src])
+    seen = {src}
+    while queue:
+        u = queue.popleft()
+        for a, b in edges:
+            if a == u and b not in seen:
+                seen.add(b)
+                prev[b] = u
+                queue.append(b)
+    return prev
+
+
+def _web(rng: random.Random) -> list[tuple[int, int]]:
+    """Arrows of a random web over the six roles (0,1 producers; 2,3 primary consumers; 4,5 predators)."""
+    edges = [(0, 2), (1, 3)]
+    if rng.random() < 0.3:
+        edges.append((0, 3))
+    elif rng.random() < 0.3:
+        edges.append((1, 2))
+    for h in (2, 3):
+        preds = rng.choice([[4], [5], [4], [5], [4, 5]])
+        edges += [(h, p) for p in preds]
+    return sorted(edges)
+
+
+def _level(role: int) -> int:
+    return role // 2
+
+
+def make_food_web(rng: random.Random) -> Item:
+    eco = rng.choice(sorted(ECOSYSTEMS))
+    colour = dict(ECOSYSTEMS[eco])
+    # Names are shuffled within each level, so which producer feeds which consumer is random.
+    base = [n for n, _ in ECOSYSTEMS[eco]]
+    names = []
+    for level in range(3):
+        names += rng.sample(base[2 * level:2 * level + 2], 2)
+    # The wrong option is a consumer on the same level as the right one that no path of arrows
+    # reaches (a producer, or a different level, could be ruled out from the names alone), so
+    # only the arrows decide.
+    while True:
+        edges = _web(rng)
+        nodes = sorted({a for a, _ in edges} | {b for _, b in edges})
+        triples = []
+        for src in (k for k in nodes if _level(k) < 2):
+            prev = _reach(edges, src)
+            for target in sorted(prev):
+                for decoy in nodes:
+                    if decoy != src and decoy not in prev and _level(decoy) == _level(target):
+                        triples.append((src, target, decoy, prev))
+        if triples:
+            break
+    chains = [t for t in triples if t[3][t[1]] != t[0]]  # the right option is two arrows away
+    src, target, decoy, prev = rng.choice(chains if chains and rng.random() < 0.5 else triples)
+    path = [target]
+    while path[-1] != src:
+        path.append(prev[path[-1]])
+    path.reverse()
+
+    slots = rng.sample(range(6), len(nodes))
+    centre, rx, ry, node_r = (64, 63), 48, 44, 11
+    pos = {}
+    for k, s in zip(nodes, slots, strict=True):
+        ang = math.radians(-90 + 60 * s)
+        pos[k] = (centre[0] + rx * math.cos(ang), centre[1] + ry * math.sin(ang))
+    img, draw = canvas()
+    for a, b in edges:
+        (x0, y0), (x1, y1) = pos[a], pos[b]
+        d = math.hypot(x1 - x0, y1 - y0)
+        ux, uy = (x1 - x0) / d, (y1 - y0) / d
+        arrow(draw, (x0 + ux * (node_r + 1), y0 + uy * (node_r + 1)), (x1 - ux * (node_r + 1), y1 - uy * (node_r + 1)),
+              fill=(30, 30, 30), width=3, head_len=11, head_half=6)
+    for k in nodes:
+        x, y = pos[k]
+        draw.ellipse([x - node_r, y - node_r, x + node_r, y + node_r], fill=COLOURS[colour[names[k]]], outline=DARK, width=2)
+        label_y = y - node_r - 6 if y < centre[1] - ry + 1 else y + node_r + 6
+        centered_text(draw, (x, label_y), names[k], 9, halo=True)
+
+    src_n, tgt_n, decoy_n = names[src], names[target], names[decoy]
+    rank = {k: base.index(names[k]) for k in nodes}  # captions list organisms in a fixed order
+    listed = sorted(nodes, key=rank.__getitem__)
+    arrows_txt = _join([f"{names[a]} to {names[b]}" for a, b in sorted(edges, key=lambda e: (rank[e[0]], rank[e[1]]))])
+    caption = f"A food web with {_join([names[k] for k in listed])}. Arrows point from {arrows_txt}."
+    steps = " ".join(f"An arrow points from the {names[a]} to the {names[b]}." for a, b in zip(path, path[1:], strict=False))
+    solution = (f"Follow the arrows from the {src_n}. {steps} So, the {tgt_n} contains matter that was once part "
+                f"of the {src_n}. No path of arrows leads from the {src_n} to the {decoy_n}.")
+    return Item(
+        question=f"Which of these organisms contains matter that was once part of the {src_n}?",
+        correct=tgt_n,
+        distractors=[decoy_n],
+        hint=(f"Below is a food web from a {eco} ecosystem.\nA food web models how the matter eaten by organisms "
+              "moves through an ecosystem. The arrows show how matter moves between organisms."),
+        grade=rng.choice(["grade4", "grade5", "grade6"]),
+        lecture=FOODWEB_LECTURE,
+        solution=solution,
+        caption=caption,
+        image=img,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# 5. Climate bar graph: "Which of these months is the hottest on average in Alba?"
+# --------------------------------------------------------------------------------------------
+
+MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September",
+          "October", "November", "December")
+TOWNS = ("Alba", "Boros", "Cantal", "Dunmore", "Elora", "Fenwick", "Garan", "Holloway", "Ivry", "Juno")
+CLIMATE_LECTURE = (
+    "Climate is the pattern of weather in a place over many years. A climate graph shows the average "
+    "temperature or precipitation for each month. A taller bar shows a higher average."
+)
+# question word -> (measure, unit, bar colour, scale max, extreme is max?)
+_MEASURES = {
+    "hottest": ("temperature", "°C", "red", 40, True),
+    "coldest": ("temperature", "°C", "red", 40, False),
+    "wettest": ("precipitation", "mm", "blue", 300, True),
+    "driest": ("precipitation", "mm", "blue", 300, False),
+}
+
+
+def make_climate(rng: random.Random) -> Item:
+    word = rng.choice(sorted(_MEASURES))
+    measure, unit, bar, top, is_max = _MEASURES[word]
+    town = rng.choice(TOWNS)
+    # Three months at least 3 apart; the right one is drawn uniformly among them, and the year's
+    # curve is built around it. (Taking the year's extreme plus months far from it would let a
+    # text-only model pick the month that stands apart from the other two.)
+    while True:
+        picked = sorted(rng.sample(range(12), 3))
+        gaps = [(picked[(k + 1) % 3] - picked[k]) % 12 for k in range(3)]
+        if min(gaps) >= 3:
+            break
+    best = rng.choice(picked)
+    others = [m for m in picked if m != best]
+    while True:
+        centre = best + rng.choice([-1, 0, 0, 1])
+        peak = centre if is_max else centre + 6
+        if measure == "temperature":
+            mid, amp = rng.uniform(12, 22), rng.uniform(6, 14)
+            noise = 1.5
+        else:
+            mid = rng.uniform(90, 170)
+            amp = rng.uniform(50, min(mid - 15, 280 - mid))
+            noise = 12
+        values = [round(min(max(mid + amp * math.cos(2 * math.pi * (m - peak) / 12) + rng.uniform(-noise, noise), 1), top - 2))
+                  for m in range(12)]
+        key = [v if is_max else -v for v in values]
+        spread = max(values) - min(values)
+        margin = min(key[best] - key[m] for m in others)
+        if margin >= max(0.25 * spread, 3 if measure == "temperature" else 20):
+            break
+
+    img, draw = canvas()
+    x_left, y_bottom, y_top, slot = 16, 108, 16, 9
+    centered_text(draw, (64, 6), f"{town}: average {measure}", 8)
+    for tick in range(0, top + 1, 10 if top == 40 else 100):
+        y = y_bottom - (y_bottom - y_top) * tick / top
+        draw.line([(x_left - 2, y), (x_left + 12 * slot, y)], fill=(215, 215, 215) if tick else DARK, width=1)
+        centered_text(draw, (x_left - 8, y), str(tick), 7, clamp=True)
+    for m, v in enumerate(values):
+        x0 = x_left + m * slot + 1
+        y = y_bottom - (y_bottom - y_top) * v / top
+        draw.rectangle([x0, y, x0 + slot - 2, y_bottom], fill=COLOURS[bar])
+        centered_text(draw, (x0 + (slot - 2) / 2, 117), MONTHS[m][0], 8)
+    draw.line([(x_left, y_top), (x_left, y_bottom)], fill=DARK, width=1)
+
+    hi_m, lo_m = values.index(max(values)), values.index(min(values))
+    caption = (f"A bar graph of the average monthly {measure} in {town}, from January to December. "
+               f"The tallest bar is {MONTHS[hi_m]} and the shortest bar is {MONTHS[lo_m]}.")
+    facts = _join([f"{MONTHS[m]} is about {values[m]}{' ' if unit == 'mm' else ''}{unit}" for m in picked])
+    size = "tallest" if is_max else "shortest"
+    solution = (f"Look at the bars for {_join([MONTHS[m] for m in picked])}: {facts}. "
+                f"The {MONTHS[best]} bar is the {size} of the three. So, {MONTHS[best]} is the {word} month on average in {town}.")
+    return Item(
+        question=f"Which of these months is the {word} on average in {town}?",
+        correct=MONTHS[best],
+        distractors=[MONTHS[m] for m in others],
+        hint=f"Use the graph to answer the question below. The graph shows the average monthly {measure} in {town}.",
+        grade=rng.choice(["grade4", "grade5", "grade6"]),
+        lecture=CLIMATE_LECTURE,
+        solution=solution,
+        caption=caption,
+        image=img,
+    )
+
+
+FAMILIES: tuple[Family, ...] = (
+    Family("compass_map", "social science", "geography", "Geography", "Read a map: cardinal directions",
+           make_compass_map),
+    Family("magnets", "natural science", "physics", "Magnets", "Identify magnets that attract or repel", make_magnets),
+    Family("concentration", "natural science", "chemistry", "Solutions", "Compare concentrations of solutions",
+           make_concentration),
+    Family("food_web", "natural science", "biology", "Ecosystems", "Interpret food webs II", make_food_web),
+    Family("climate_graph", "natural science", "earth-science", "Weather and climate",
+           "Weather and climate around the world", make_climate),
+)

@@ -1,0 +1,147 @@
+"""The embedded sample dataset generator (svrd.sample): layout, determinism, validity, CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from svrd import cli
+from svrd.records import LETTERS, SCIENCEQA_FIELDS, validate_record
+from svrd.sample import FAMILIES, FIRST_PID, generate
+
+PER_FAMILY = 10
+
+
+def _hashes(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("sample") / "scienceqa"
+    summary = generate(out, per_family=PER_FAMILY, seed=0)
+    return out, summary
+
+
+def _load(out: Path):
+    problems = json.loads((out / "problems.json").read_text(encoding="utf-8"))
+    splits = json.loads((out / "pid_splits.json").read_text(encoding="utf-8"))
+    captions = json.loads((out / "captions.json").read_text(encoding="utf-8"))
+    return problems, splits, captions
+
+
+def test_deterministic_byte_identical(sample, tmp_path):
+    out, _ = sample
+    again = tmp_path / "again"
+    generate(again, per_family=PER_FAMILY, seed=0)
+    assert _hashes(out) == _hashes(again)
+    other = tmp_path / "other_seed"
+    generate(other, per_family=PER_FAMILY, seed=1)
+    assert _hashes(other)["problems.json"] != _hashes(out)["problems.json"]
+
+
+def test_release_layout_readable(sample):
+    out, summary = sample
+    problems, splits, captions = _load(out)
+    n = PER_FAMILY * len(FAMILIES)
+    assert summary["problems"] == len(problems) == n
+    assert sorted(problems, key=int) == [str(FIRST_PID + i) for i in range(n)]
+    assert set(captions) == {"captions"} and set(captions["captions"]) == set(problems)
+    for pid, rec in problems.items():
+        assert set(rec) == set(SCIENCEQA_FIELDS) | {"split"}
+        assert rec["image"] == "image.png"
+        assert captions["captions"][pid].strip()
+        path = out / "images" / rec["split"] / pid / "image.png"
+        assert path.is_file()
+        with Image.open(path) as img:
+            assert img.format == "PNG" and img.mode == "RGB"
+            img.load()
+            assert img.size == (128, 128)
+    # nothing else under images/
+    assert len(list((out / "images").rglob("*.png"))) == n
+
+
+def test_records_valid(sample):
+    out, _ = sample
+    problems, _, captions = _load(out)
+    for pid, rec in problems.items():
+        norm = validate_record({**rec, "pid": pid, "caption": captions["captions"][pid]})
+        assert norm["choices"][norm["answer"]]
+        assert 2 <= len(norm["choices"]) <= 5
+        # the solution names the right option
+        assert norm["choices"][norm["answer"]].split(";")[-1].strip().lower() in norm["solution"].lower()
+
+
+def test_splits_disjoint_and_cover(sample):
+    out, summary = sample
+    problems, splits, _ = _load(out)
+    assert set(splits) == {"train", "val", "test", "trainval", "minitrain", "minival", "minitest"}
+    train, val, test = (set(splits[k]) for k in ("train", "val", "test"))
+    assert not (train & val or train & test or val & test)
+    assert train | val | test == set(problems)
+    assert set(splits["trainval"]) == train | val
+    for name in ("train", "val", "test"):
+        assert set(splits[f"mini{name}"]) <= set(splits[name])
+        assert all(problems[pid]["split"] == name for pid in splits[name])
+    # 70 / 10 / 20 within every family
+    for family in FAMILIES:
+        counts = Counter(r["split"] for r in problems.values() if r["skill"] == family.skill)
+        assert counts == {"train": 7, "val": 1, "test": 2}
+    assert summary["splits"]["train"] == len(train)
+
+
+def test_answer_letters_balanced(sample):
+    out, _ = sample
+    problems, _, _ = _load(out)
+    by_n: dict[int, Counter] = {}
+    for rec in problems.values():
+        by_n.setdefault(len(rec["choices"]), Counter())[LETTERS[rec["answer"]]] += 1
+    for n, counts in by_n.items():
+        total = sum(counts.values())
+        per_letter = [counts[letter] for letter in LETTERS[:n]]
+        # rotated per family: letters differ by at most one per family
+        assert max(per_letter) - min(per_letter) <= len(FAMILIES), (n, counts)
+        assert sum(per_letter) == total
+
+
+def test_families_have_own_metadata(sample):
+    out, _ = sample
+    problems, _, _ = _load(out)
+    assert len({f.skill for f in FAMILIES}) == len(FAMILIES) >= 5
+    for family in FAMILIES:
+        recs = [r for r in problems.values() if r["skill"] == family.skill]
+        assert len(recs) == PER_FAMILY
+        assert {r["subject"] for r in recs} == {family.subject}
+        assert all(r["grade"].startswith("grade") and r["lecture"] and r["solution"] for r in recs)
+
+
+def test_atomic_replace(tmp_path):
+    out = tmp_path / "ds"
+    out.mkdir()
+    (out / "stale.txt").write_text("old")
+    generate(out, per_family=2)
+    assert not (out / "stale.txt").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["ds"]
+
+
+def test_cli(tmp_path, capsys):
+    out = tmp_path / "cli"
+    assert cli.main(["sample", str(out), "--per-family", "5", "--seed", "3"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert "25 problems" in line and str(out) in line
+    problems = json.loads((out / "problems.json").read_text(encoding="utf-8"))
+    assert len(problems) == 25
+
+
+def test_cli_rejects_bad_count(tmp_path, capsys):
+    assert cli.main(["sample", str(tmp_path / "x"), "--per-family", "0"]) == 2
+    assert "per_family" in capsys.readouterr().err
