@@ -40,18 +40,20 @@ class FilterSummary:
 
 
 def clean_record(raw: dict, images_only: bool, max_image_pixels: int) -> dict | None:
-    """Validate one raw record; None when it is filtered out (no image and images_only)."""
+    """Validate one raw record; None when it is filtered out (no image and images_only).
+
+    A record filtered out is not validated: a flaw in a question we drop anyway must not stop
+    the run. Whether it has an image is its `image` field (None: no image)."""
+    if images_only and raw.get("image") is None:
+        return None
     rec = validate_record(raw)
-    if rec.get("image") is None:
-        if images_only:
-            return None
-    else:
+    if rec.get("image") is not None:
         rec["image"] = normalize_image(rec["image"], rec["pid"], "image", max_image_pixels)
     return {col: rec.get(col) for col in PROBLEM_COLUMNS}
 
 
 def filter_records(
-    records: Iterable[dict],
+    records: Iterable[dict | RecordError],
     out_table: str | Path,
     rejects_file: str | Path,
     images_only: bool = True,
@@ -60,41 +62,45 @@ def filter_records(
     total: int | None = None,
 ) -> FilterSummary:
     """Write the filtered table atomically; on_invalid='error' raises on the first bad record
-    (leaving no new output), 'skip' lists bad records with reasons in `rejects_file`."""
+    (leaving no new output), 'skip' lists bad records with reasons in `rejects_file`.
+
+    `records` yields raw records, or RecordError instances for records the reader itself found
+    bad (see svrd.sources). An exception *raised* by the reader means the whole source is
+    unreadable and always stops the run.
+    """
+    if on_invalid not in ("error", "skip"):
+        raise ValueError(f"on_invalid must be 'error' or 'skip', got {on_invalid!r}")
     summary = FilterSummary()
     seen: set[str] = set()
     batch: list[dict] = []
-    records = iter(records)
-    with atomic_path(out_table, suffix=".parquet") as tmp:
+
+    def reject(exc: RecordError) -> None:
+        if on_invalid == "error":
+            raise exc
+        summary.rejected += 1
+        summary.rejects.append(exc.as_reject())
+
+    with atomic_path(out_table, suffix=".parquet") as tmp, \
+            tqdm(total=total, desc="filter", unit="q", mininterval=1.0) as progress:
         writer = pq.ParquetWriter(tmp, PROBLEM_SCHEMA, compression="zstd")
         try:
-            progress = tqdm(total=total, desc="filter", unit="q", mininterval=1.0)
-            while True:
-                try:
-                    raw = next(records)
-                except StopIteration:
-                    break
-                except RecordError as exc:  # the reader itself rejected a record (missing image, bad path)
-                    if on_invalid == "error":
-                        raise
-                    summary.read += 1
-                    summary.rejected += 1
-                    summary.rejects.append(exc.as_reject())
-                    progress.update()
-                    continue
+            for raw in records:
                 summary.read += 1
                 progress.update()
+                if isinstance(raw, RecordError):  # the reader rejected it (missing image, bad path)
+                    reject(raw)
+                    continue
                 try:
-                    pid = str(raw.get("pid"))
-                    if pid in seen:
-                        raise RecordError(pid, "pid", "duplicate pid (appears more than once in the source)")
-                    seen.add(pid)
+                    if not isinstance(raw, dict):
+                        raise RecordError(None, "record", f"expected a record, got {type(raw).__name__}")
+                    pid = raw.get("pid")
+                    if pid is not None and str(pid).strip():
+                        if str(pid) in seen:
+                            raise RecordError(str(pid), "pid", "duplicate pid (appears more than once in the source)")
+                        seen.add(str(pid))
                     rec = clean_record(raw, images_only, max_image_pixels)
                 except RecordError as exc:
-                    if on_invalid == "error":
-                        raise
-                    summary.rejected += 1
-                    summary.rejects.append(exc.as_reject())
+                    reject(exc)
                     continue
                 if rec is None:
                     summary.without_image += 1
@@ -107,7 +113,6 @@ def filter_records(
                     batch = []
             if batch:
                 writer.write_table(pa.Table.from_pylist(batch, schema=PROBLEM_SCHEMA))
-            progress.close()
         finally:
             writer.close()
     write_jsonl(rejects_file, summary.rejects)

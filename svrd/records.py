@@ -86,7 +86,8 @@ def validate_record(rec: dict) -> dict:
         raise RecordError(pid, "choices", f"has {len(choices)} options; ScienceQA questions have {MIN_CHOICES} to {MAX_CHOICES}")
     if any(not c.strip() for c in choices):
         raise RecordError(pid, "choices", "an option is empty")
-    if len({c.strip().lower() for c in choices}) != len(choices):
+    # Case matters: ScienceQA's capitalization questions offer 'Dear Pablo,' and 'dear Pablo,'.
+    if len({c.strip() for c in choices}) != len(choices):
         raise RecordError(pid, "choices", f"options repeat: {choices}")
     out["choices"] = choices
 

@@ -1,50 +1,51 @@
 """split: train / val / test tables with disjoint pids.
 
-`official` keeps the release's split; `stratified` redraws it by topic with scikit-learn,
-seeded. Training is capped to the first `max_train` questions in release order (the paper
+`official` keeps the release's split; `stratified` redraws it by topic, seeded
+(see `assign_stratified`). Training is capped to the first `max_train` questions in release order (the paper
 trained on the first 2000).
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from svrd.errors import LeakageError
+from svrd.errors import LeakageError, SvrdError
 from svrd.io import read_table, write_table
 
 SPLITS = ("train", "val", "test")
 
 
-def _stratify_labels(topics: list[str], min_count: int) -> list[str]:
-    # scikit-learn cannot stratify a class with fewer members than splits need: pool rare topics.
-    counts = Counter(topics)
-    return [t if counts[t] >= min_count else "(rare topics)" for t in topics]
-
-
 def assign_stratified(table: pa.Table, fractions: tuple[float, float, float], seed: int) -> list[str]:
-    from sklearn.model_selection import train_test_split
+    """A seeded split stratified by topic, any topic size (one-member topics included).
 
+    Systematic stratified sampling: questions are laid out topic by topic (topics and the
+    questions within each shuffled by `seed`) and dealt to train/val/test in turn, each next
+    question going to the split furthest below its share so far. Every prefix of the layout,
+    hence the whole table and every topic's block, is then split in the given fractions to
+    within a question or two. (scikit-learn's `train_test_split(stratify=…)` refuses topics
+    with one member and tables with more topics than a split has rows.)
+    """
     n = table.num_rows
-    idx = list(range(n))
-    topics = table.column("topic").to_pylist()
-    f_train, f_val, f_test = fractions
-    labels = _stratify_labels(topics, 4)
-    strat = labels if len(set(labels)) > 1 and min(Counter(labels).values()) >= 2 else None
-    train_idx, rest_idx = train_test_split(idx, train_size=f_train, random_state=seed, stratify=strat)
-    rest_labels = [labels[i] for i in rest_idx]
-    rest_labels = _stratify_labels(rest_labels, 2)
-    strat_rest = rest_labels if len(set(rest_labels)) > 1 and min(Counter(rest_labels).values()) >= 2 else None
-    val_idx, test_idx = train_test_split(
-        rest_idx, test_size=f_test / (f_val + f_test), random_state=seed, stratify=strat_rest
-    )
+    topics = [str(t) for t in table.column("topic").to_pylist()]
+    rng = np.random.default_rng(seed)
+    by_topic: dict[str, list[int]] = {}
+    for i, topic in enumerate(topics):
+        by_topic.setdefault(topic, []).append(i)
+    order: list[int] = []
+    for topic in rng.permutation(sorted(by_topic)):
+        members = by_topic[str(topic)]
+        order.extend(members[j] for j in rng.permutation(len(members)))
+    shares = np.asarray(fractions, dtype=float) / float(sum(fractions))
+    counts = np.zeros(len(SPLITS))
     assigned = [""] * n
-    for name, chosen in (("train", train_idx), ("val", val_idx), ("test", test_idx)):
-        for i in chosen:
-            assigned[i] = name
+    for k, i in enumerate(order, start=1):
+        s = int(np.argmax(shares * k - counts))  # the split furthest below its share
+        counts[s] += 1
+        assigned[i] = SPLITS[s]
     return assigned
 
 
@@ -59,6 +60,9 @@ def split_table(
 ) -> dict[str, pa.Table]:
     if strategy == "official":
         assigned = table.column("split").to_pylist()
+        unknown = sorted({str(s) for s in assigned if s not in SPLITS})
+        if unknown:
+            raise SvrdError(f"split: official split names must be train/val/test, found {unknown}")
     elif strategy == "stratified":
         assigned = assign_stratified(table, fractions, seed)
     else:

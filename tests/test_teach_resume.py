@@ -10,7 +10,15 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import yaml
-from teacher_server import GOLD_RE, STAGE, FakeTeacher, llava_cot_answer, make_problems, make_stage_dir, teach_cfg
+from teacher_server import (
+    GOLD_RE,
+    STAGE,
+    FakeTeacher,
+    llava_cot_answer,
+    make_problems,
+    make_stage_dir,
+    teach_cfg,
+)
 
 from svrd.teach import read_problems, teach, write_outputs
 

@@ -44,7 +44,12 @@ def build_tiny_llava(out_dir: str | Path) -> Path:
 def build_tiny_mllama(out_dir: str | Path, image_size: int = 16) -> Path:
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import MllamaConfig, MllamaForConditionalGeneration, MllamaProcessor, PreTrainedTokenizerFast
+    from transformers import (
+        MllamaConfig,
+        MllamaForConditionalGeneration,
+        MllamaProcessor,
+        PreTrainedTokenizerFast,
+    )
     from transformers.models.mllama.configuration_mllama import MllamaTextConfig, MllamaVisionConfig
     from transformers.models.mllama.image_processing_pil_mllama import MllamaImageProcessorPil
 

@@ -19,6 +19,7 @@ import os
 import random
 
 import openai
+from openai.types.chat import ChatCompletion
 
 from svrd.errors import SvrdError
 from svrd.teach.base import Deliver, Job, TeacherError
@@ -111,12 +112,21 @@ class OpenAIBackend:
         while True:
             self.requests += 1
             try:
-                resp = await client.chat.completions.create(
-                    model=self.model,
-                    messages=[user_message(job)],
-                    temperature=float(cfg.temperature),
-                    max_tokens=int(cfg.max_new_tokens),
-                    **extra,
+                # The same request as client.chat.completions.create(**body), through the client's
+                # documented raw-body call: it skips the recursive TypedDict transform of the
+                # params (a no-op for this plain JSON), ~1 ms of CPU per request, so that at
+                # concurrency 32 the client issues requests faster than they come back.
+                # Timeouts, auth headers and error classes are the client's own.
+                resp = await client.post(
+                    "/chat/completions",
+                    cast_to=ChatCompletion,
+                    body={
+                        "model": self.model,
+                        "messages": [user_message(job)],
+                        "temperature": float(cfg.temperature),
+                        "max_tokens": int(cfg.max_new_tokens),
+                        **extra,
+                    },
                 )
                 try:
                     text = resp.choices[0].message.content

@@ -1,14 +1,13 @@
 """The offline, deterministic reference teacher.
 
 It composes the four-stage rationale from the record's own fields, so the default pipeline
-runs with no model at all: SUMMARY restates the question and options, CAPTION is the
+runs with no model at all: SUMMARY restates the question, CAPTION is the
 record's caption, REASONING is ScienceQA's solution (or its lecture), CONCLUSION the gold
 letter. Its text then goes through the same parse/verify path as a real teacher's.
 """
 
 from __future__ import annotations
 
-from svrd.prompts import format_options
 from svrd.rationale import format_rationale
 from svrd.records import LETTERS
 from svrd.teach.base import Deliver, Job
@@ -18,11 +17,9 @@ NEUTRAL_CAPTION = "The image shows the figure that accompanies the question."
 
 def compose(rec: dict) -> str:
     question = rec["question"].strip()
-    hint = (rec.get("hint") or "").strip()
+    # One sentence, like LLaVA-CoT's summaries: restating the hint and options would only
+    # teach a small student to copy its prompt.
     summary = f"The question asks: {question}"
-    if hint:
-        summary += f" The context says: {hint}"
-    summary += " The options are " + "; ".join(format_options(rec["choices"]).splitlines()) + "."
     caption = (rec.get("caption") or "").strip() or NEUTRAL_CAPTION
     reasoning = (rec.get("solution") or "").strip() or (rec.get("lecture") or "").strip()
     if not reasoning:

@@ -1,0 +1,72 @@
+"""End to end: the real pipeline under DVC in a temporary copy of the repo."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import run
+
+pytestmark = pytest.mark.e2e
+
+STAGES = ["sample", "filter", "split", "tiny_student", "teach", "distill", "infer@base", "infer@distilled", "score"]
+
+
+def ran_stages(output: str) -> list[str]:
+    return [s for s in STAGES if f"Running stage '{s}'" in output]
+
+
+def test_repro_runs_every_stage_and_writes_the_artifacts(pipeline_run):
+    project, out = pipeline_run["project"], pipeline_run["repro"].stdout
+    assert ran_stages(out) == STAGES
+    for line in ("filter: read", "split: train", "teach:", "distill:", "infer distilled:", "score distilled:"):
+        assert line in out
+    problems = pq.read_table(project / "data/filtered/problems.parquet")
+    assert problems.num_rows == 60 and len(set(problems.column("pid").to_pylist())) == 60
+    splits = {s: set(pq.read_table(project / f"data/split/{s}.parquet").column("pid").to_pylist())
+              for s in ("train", "val", "test")}
+    assert not (splits["train"] & splits["test"]) and not (splits["val"] & splits["test"])
+    rationales = pq.read_table(project / "data/teach/rationales.parquet").to_pylist()
+    assert {r["pid"] for r in rationales} == splits["train"] | splits["val"]
+    assert all(r["raw"].startswith("<SUMMARY>") and r["correct"] for r in rationales)
+    for name in ("base", "distilled"):
+        preds = pq.read_table(project / f"data/infer/{name}/predictions.parquet").to_pylist()
+        assert [p["pid"] for p in preds] == pq.read_table(project / "data/split/test.parquet").column("pid").to_pylist()
+    scores = json.loads((project / "metrics/scores.json").read_text())
+    assert set(scores) == {"base", "distilled"}
+    assert scores["distilled"]["all"]["total"] == len(splits["test"])
+    report = (project / "metrics/report.md").read_text()
+    assert "GEO" in report and "distilled" in report and "base" in report
+    assert (project / "dvclive/distill/plots/metrics/train/loss.tsv").exists()
+    status = run(["dvc", "status"], project, pipeline_run["env"]).stdout
+    assert "up to date" in status
+
+
+def test_exp_run_lr_reruns_only_distill_infer_score(pipeline_run):
+    project, env = pipeline_run["project"], pipeline_run["env"]
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], project, env)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline"], project, env)
+    out = run(["dvc", "exp", "run", "-S", "train.lr=1.4e-5"], project, env).stdout
+    assert ran_stages(out) == ["distill", "infer@distilled", "score"]
+    diff = run(["dvc", "params", "diff", "--json"], project, env).stdout
+    assert "train.lr" in diff
+    show = run(["dvc", "exp", "show", "--json"], project, env).stdout
+    assert "distilled" in show and "train.lr" in show
+    metrics_diff = run(["dvc", "metrics", "diff", "--all"], project, env).stdout
+    assert "metrics/distill.json" in metrics_diff
+
+
+def test_push_then_pull_teach_restores_the_rationales(pipeline_run, tmp_path):
+    project, env = pipeline_run["project"], pipeline_run["env"]
+    run(["dvc", "remote", "add", "-f", "-d", "shared", str(tmp_path / "remote")], project, env)
+    run(["dvc", "push"], project, env)
+    before = (project / "data/teach/rationales.parquet").read_bytes()
+    shutil.rmtree(project / ".dvc/cache")
+    (project / "data/teach/rationales.parquet").unlink()
+    run(["dvc", "pull", "teach"], project, env)
+    assert (project / "data/teach/rationales.parquet").read_bytes() == before
+    status = run(["dvc", "status", "teach"], project, env).stdout
+    assert "up to date" in status
