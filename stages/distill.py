@@ -13,7 +13,8 @@ from svrd.distill import run_fingerprint, save_student, train
 from svrd.examples import build_examples
 from svrd.infer import accuracy_on
 from svrd.io import read_rows, write_json
-from svrd.models import freeze, load_model, load_processor, pick_device, pick_dtype
+from svrd.lora import apply_lora
+from svrd.models import apply_image_tokens, freeze, load_model, load_processor, pick_device, pick_dtype
 from svrd.params import load_params
 from svrd.split import refuse_test_pids
 from svrd.stage import DISTILLED, LIVE_DISTILL, METRICS, RATIONALES, SPLIT_DIR, cache_dir, run
@@ -33,20 +34,28 @@ def main() -> None:
     device = pick_device()
     model = load_model(s.model, s.trust_remote_code, pick_dtype(t.precision, device)).to(device)
     processor = load_processor(s.model, s.trust_remote_code)
+    tokens = apply_image_tokens(model, processor, s.image_tokens)  # saved with the processor for infer
     counts = freeze(model, vision=s.freeze_vision, projector_too=s.freeze_projector)
+    if t.lora.enabled:
+        model = apply_lora(model, t.lora, train_projector=not s.freeze_projector)
+        counts = freeze(model, vision=s.freeze_vision, projector_too=s.freeze_projector)
 
-    checkpoints = cache_dir() / "distill" / run_fingerprint(s.model, t.model_dump(), examples)
+    checkpoints = cache_dir() / "distill" / run_fingerprint(s.model, {**t.model_dump(), "student": s.model_dump()}, examples)
     eval_rows = val_rows[: t.eval_questions]
     evaluate = (lambda m: accuracy_on(m, processor, eval_rows, t.eval_max_new_tokens)) if eval_rows else None
     with Live(str(LIVE_DISTILL), save_dvc_exp=False, dvcyaml=None) as live:
         stats = train(model, processor, examples, val_examples, t, str(checkpoints), live, evaluate)
-    save_student(model, processor, DISTILLED)
+    save_student(model, processor, DISTILLED, merge=t.lora.merge)
     shutil.rmtree(checkpoints, ignore_errors=True)  # finished: checkpoints were only for resuming
-    stats.update(counts, trust_remote_code=s.trust_remote_code)
+    stats.update(counts, trust_remote_code=s.trust_remote_code, image_tokens=tokens["image_tokens"],
+                 image_tokens_applied=tokens["applied"], lora=t.lora.enabled)
     write_json(METRICS / "distill.json", stats)
     print(f"distill: {stats['examples']} examples, {stats['steps']} steps (effective batch {stats['effective_batch']}), "
           f"train loss {stats['train_loss']}, val loss {stats.get('val_loss')}, {stats['tokens_per_s']} tokens/s, "
           f"{counts['trainable'] / 1e6:.2f}M of {counts['parameters'] / 1e6:.2f}M parameters trained"
+          + (" (LoRA)" if t.lora.enabled else "")
+          + f", {tokens['image_tokens']} image tokens"
+          + ("" if tokens["applied"] else f" (student.image_tokens={s.image_tokens} not applicable: fixed resolution)")
           + (" [trust_remote_code ON]" if s.trust_remote_code else ""))
 
 

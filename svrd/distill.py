@@ -130,7 +130,8 @@ def training_arguments(cfg, output_dir: str, use_bf16: bool, use_fp16: bool, has
         data_seed=cfg.seed,
         bf16=use_bf16,
         fp16=use_fp16,
-        gradient_checkpointing=cfg.gradient_checkpointing,
+        activation_checkpointing=cfg.gradient_checkpointing,
+        dataloader_pin_memory=torch.cuda.is_available(),
         remove_unused_columns=False,
         dataloader_num_workers=0,
         report_to="none",
@@ -140,8 +141,17 @@ def training_arguments(cfg, output_dir: str, use_bf16: bool, use_fp16: bool, has
 
 
 def latest_checkpoint(output_dir: str | Path) -> str | None:
+    """The newest complete checkpoint: Trainer writes trainer_state.json last, so a checkpoint
+    that a kill cut short (no state, or a state file cut mid-write) is skipped."""
     ckpts = sorted(Path(output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-    return str(ckpts[-1]) if ckpts else None
+    for ckpt in reversed(ckpts):
+        try:
+            json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            log.warning("skipping incomplete checkpoint %s", ckpt)
+            continue
+        return str(ckpt)
+    return None
 
 
 def train(model, processor, train_examples: list[Example], val_examples: list[Example], cfg, checkpoint_dir: str,
@@ -169,6 +179,14 @@ def train(model, processor, train_examples: list[Example], val_examples: list[Ex
         "steps": int(result.global_step),
         "examples": len(train_examples),
         "effective_batch": cfg.batch_size * cfg.grad_accum * max(1, args.world_size),
+        # Table 3 as run: the optimizer transformers used, its decay, schedule and precision
+        "optimizer": args.optim.value if hasattr(args.optim, "value") else str(args.optim),
+        "weight_decay": args.weight_decay,
+        "lr": cfg.lr,
+        "schedule": cfg.schedule,
+        "warmup_steps": cfg.warmup_steps,
+        "dtype": str(dtype).removeprefix("torch."),
+        "seed": cfg.seed,
         "wall_s": round(wall, 1),
         "tokens_per_s": round(collator.tokens / wall, 1) if wall else 0.0,
         "pad_share": round(collator.pad_tokens / max(1, collator.tokens + collator.pad_tokens), 4),
@@ -179,7 +197,17 @@ def train(model, processor, train_examples: list[Example], val_examples: list[Ex
     return stats
 
 
-def save_student(model, processor, out_dir: str | Path) -> None:
+def save_student(model, processor, out_dir: str | Path, merge: bool = True):
+    """Save the trained student and its processor (safetensors); returns the model saved.
+
+    A LoRA student is merged into its base weights first when `merge` (infer then loads a plain
+    model); otherwise only the adapter is written (adapter_config.json names the base), which
+    svrd.models.load_model puts back on its base.
+    """
+    from svrd.lora import finalize
+
+    model = finalize(model, merge)
     with atomic_dir(out_dir) as tmp:
-        model.save_pretrained(tmp)  # safetensors
+        model.save_pretrained(tmp)  # safetensors (a PeftModel: adapter_model.safetensors only)
         processor.save_pretrained(tmp)
+    return model

@@ -1,15 +1,28 @@
 """The score stage's work: score each model's predictions, check leakage, write metrics,
-plots data and the report. (Scoring itself is svrd.scoring, shared with `svrd score`.)"""
+plots data and the report. (Scoring itself is svrd.scoring, shared with `svrd score`.)
+
+Outputs, one entry or file per model of infer.models (any number; a model without predictions
+is reported and skipped):
+- metrics/scores.json: {model: {group: {acc, correct, total}, unparseable, missing, out_of_range,
+  quality: {...}, likelihood: {...} (infer.mode=likelihood only)}}: numbers only, at most three
+  levels deep, so `dvc metrics diff` lists e.g. `distilled.topic/physics.acc`;
+- metrics/plots/topics/<model>.json (accuracy per topic), metrics/plots/confusion/<model>.json
+  (gold against predicted letter, "none" for no answer);
+- metrics/disagreements/<model>.json: {"reasoning_vs_conclusion": [...], "likelihood_vs_text": [...]};
+- metrics/report.md: Table 1 with sizes and inference minutes (from metrics/infer/<model>.json),
+  the official breakdown, rationale quality, inference details, likelihood against text.
+"""
 
 from __future__ import annotations
 
-from svrd.errors import LeakageError
+from svrd.errors import LeakageError, SvrdError
 from svrd.io import read_json, read_rows, write_json, write_text
 from svrd.quality import rationale_quality
-from svrd.report import param_count_label, render_report
+from svrd.rationale import parse_rationale
+from svrd.records import LETTERS
+from svrd.report import DASH, param_count_label, render_report
 from svrd.scoring import confusion, score
 from svrd.stage import INFER_DIR, METRICS, RATIONALES, SPLIT_DIR
-
 
 PLOTS = METRICS / "plots"
 
@@ -25,30 +38,120 @@ def check_not_trained_on(scored_pids: set[str]) -> None:
         raise LeakageError(f"score: {len(leaked)} scored pid(s) were trained on or taught, e.g. {leaked[:5]}")
 
 
+def likelihood_agreement(problems: list[dict], preds: list[dict], max_examples: int = 5) -> tuple[dict, list[dict]]:
+    """infer.mode=likelihood: the likelihood answer (`choice`) against the written conclusion
+    (`choice_text`). `text_wrong_likelihood_right` is the paper's "reasoning-to-error": the
+    rationale leads the model to the right option, its written conclusion names another (or none).
+    Returns (flat counts and percentages, a few examples where the two differ)."""
+    gold = {p["pid"]: int(p["answer"]) for p in problems}
+    by_pid = {p["pid"]: p for p in problems}
+    rows = [r for r in preds if r["pid"] in gold]
+    differ = [r for r in rows if r.get("choice_text") != r["choice"]]
+    text_scores = score(problems, {r["pid"]: r.get("choice_text") for r in rows})
+    n = len(rows)
+    metrics = {
+        "questions": n,
+        "differ": len(differ),
+        "differ_pct": round(100.0 * len(differ) / n, 2) if n else None,
+        "text_unparseable": sum(r.get("choice_text") is None for r in rows),
+        "text_acc": text_scores["all"]["acc"],
+        "text_wrong_likelihood_right": sum(r["choice"] == gold[r["pid"]] != r.get("choice_text") for r in rows),
+        "text_right_likelihood_wrong": sum(r.get("choice_text") == gold[r["pid"]] != r["choice"] for r in rows),
+    }
+    examples = []
+    for r in differ[:max_examples]:
+        choices = by_pid[r["pid"]]["choices"]
+        examples.append({
+            "pid": r["pid"],
+            "gold": _letter(gold[r["pid"]]),
+            "likelihood_choice": _letter(r["choice"]),
+            "text_choice": _letter(r.get("choice_text")),
+            "option_logprobs": dict(zip(LETTERS[:len(choices)], r.get("option_logprobs") or [], strict=False)),
+            "conclusion": parse_rationale(r.get("raw") or "").conclusion,
+            "raw": r.get("raw"),
+        })
+    return metrics, examples
+
+
+def _letter(index) -> str:
+    return LETTERS[index] if index is not None and 0 <= int(index) < len(LETTERS) else "none"
+
+
+def _inference_section(models: list[dict]) -> str:
+    """Per model, from metrics/infer/<name>.json: what ran, its size and how long it took."""
+    head = ["model", "weights", "parameters", "size", "mode", "questions", "resumed", "batch",
+            "inference (min)", "questions/s", "tokens/s"]
+    out = ["", "## Inference", "", "| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for m in models:
+        st = m.get("stats") or {}
+        minutes = None if m.get("inference_s") is None else round(m["inference_s"] / 60.0, 2)
+        cells = [m["name"], st.get("model"), st.get("parameters"), m.get("size"), st.get("mode"),
+                 st.get("questions"), st.get("resumed"), st.get("batch_size"), minutes,
+                 st.get("questions_per_s"), st.get("tokens_per_s")]
+        out.append("| " + " | ".join(DASH if c is None else str(c).replace("|", "\\|") for c in cells) + " |")
+    out += ["", "Inference minutes are the generation time of all questions (rows resumed from an "
+            "interrupted run count with their original time); sizes count every parameter."]
+    lik = [m for m in models if m.get("likelihood")]
+    if lik:
+        head = ["model", "likelihood acc", "written-conclusion acc", "differ", "written unparseable",
+                "written wrong, likelihood right", "written right, likelihood wrong"]
+        out += ["", "## Likelihood answers against the written conclusions", "",
+                "| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+        for m in lik:
+            q = m["likelihood"]
+            cells = [m["name"], m["scores"]["all"]["acc"], q["text_acc"], f"{q['differ']}/{q['questions']}",
+                     q["text_unparseable"], q["text_wrong_likelihood_right"], q["text_right_likelihood_wrong"]]
+            out.append("| " + " | ".join(DASH if c is None else str(c) for c in cells) + " |")
+        out += ["", "The likelihood answer is the option the model finds most probable right after its own "
+                "<CONCLUSION> tag; \"written wrong, likelihood right\" is right reasoning with a wrong conclusion."]
+    return "\n".join(out) + "\n"
+
+
 def score_models(names: list[str]) -> list[str]:
+    """Score every model of `names` that has predictions (the others are reported and skipped);
+    write metrics/scores.json (model -> group -> numbers), plots, disagreements and the report."""
     problems = read_rows(SPLIT_DIR / "test.parquet")
     check_not_trained_on({p["pid"] for p in problems})
     by_pid = {p["pid"]: p for p in problems}
     all_scores, models, lines = {}, [], []
     for name in names:
-        preds = read_rows(INFER_DIR / name / "predictions.parquet")
-        scores = score(problems, {r["pid"]: r["choice"] for r in preds})
+        table = INFER_DIR / name / "predictions.parquet"
+        if not table.exists():
+            lines.append(f"score {name}: no predictions at {table}; skipped")
+            continue
+        preds = read_rows(table)
+        choices = {r["pid"]: r["choice"] for r in preds}
+        scores = score(problems, choices)
         quality = rationale_quality(
             [{**r, "choices": by_pid[r["pid"]]["choices"], "answer": by_pid[r["pid"]]["answer"],
               "solution": by_pid[r["pid"]]["solution"]} for r in preds if r["pid"] in by_pid]
         )
-        stats = read_json(METRICS / "infer" / f"{name}.json")
-        examples = quality.pop("examples", [])
+        stats_path = METRICS / "infer" / f"{name}.json"
+        stats = read_json(stats_path) if stats_path.exists() else {}
+        examples = {"reasoning_vs_conclusion": quality.pop("examples", [])}
+        entry = {**scores, "quality": quality}
+        likelihood = None
+        if any(r.get("mode") == "likelihood" for r in preds):
+            likelihood, examples["likelihood_vs_text"] = likelihood_agreement(problems, preds)
+            entry["likelihood"] = likelihood
         write_json(METRICS / "disagreements" / f"{name}.json", examples)
-        all_scores[name] = {**scores, "quality": quality}
-        models.append({"name": name, "size": param_count_label(stats["parameters"]), "scores": scores,
-                       "inference_s": stats["generate_s"], "quality": quality})
+        all_scores[name] = entry
+        params = stats.get("parameters")
+        models.append({"name": name, "size": None if params is None else param_count_label(params), "scores": scores,
+                       "inference_s": stats.get("generate_s"), "quality": quality, "stats": stats,
+                       "likelihood": likelihood})
         # One file per model: `dvc plots show` draws one chart each.
         write_json(PLOTS / "topics" / f"{name}.json",
                    [{"topic": k.split("/", 1)[1], "acc": v["acc"]} for k, v in scores.items() if k.startswith("topic/")])
-        write_json(PLOTS / "confusion" / f"{name}.json", confusion(problems, {r["pid"]: r["choice"] for r in preds}))
-        lines.append(f"score {name}: {scores['all']['acc']:.2f}% of {scores['all']['total']} "
-                     f"({scores['unparseable']} unparseable)")
+        write_json(PLOTS / "confusion" / f"{name}.json", confusion(problems, choices))
+        line = (f"score {name}: {scores['all']['acc']:.2f}% of {scores['all']['total']} "
+                f"({scores['unparseable']} unparseable)")
+        if likelihood is not None:
+            line += (f"; written conclusion {likelihood['text_acc']}%, differs on {likelihood['differ']}, "
+                     f"{likelihood['text_wrong_likelihood_right']} right reasoning with a wrong conclusion")
+        lines.append(line)
+    if not models:
+        raise SvrdError(f"score: no predictions for any of {names}: run the infer stages first")
     write_json(METRICS / "scores.json", all_scores)
-    write_text(METRICS / "report.md", render_report(models))
+    write_text(METRICS / "report.md", render_report(models) + _inference_section(models))
     return lines

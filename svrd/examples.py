@@ -98,7 +98,8 @@ def encode_training(processor, example: Example, max_length: int) -> dict:
     enc = encode_prompt(processor, example)
     prompt_ids = enc.pop("input_ids")[0]
     enc.pop("attention_mask", None)
-    enc.pop("token_type_ids", None)
+    enc.pop("labels", None)  # PaliGemma's processor makes its own (we mask prompt and image ourselves)
+    token_types = enc.pop("token_type_ids", None)
     target_ids = tok(example.target, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     room = max_length - len(prompt_ids)
     if room < 2:
@@ -107,8 +108,21 @@ def encode_training(processor, example: Example, max_length: int) -> dict:
     input_ids = torch.cat([prompt_ids, target_ids])
     labels = torch.cat([torch.full_like(prompt_ids, IGNORE_INDEX), target_ids])
     out = {"input_ids": input_ids, "labels": labels}
+    if token_types is not None and "token_type_ids" in getattr(processor, "model_input_names", ()):
+        # The model reads them (PaliGemma: 0 = prefix, attended bidirectionally, as at inference).
+        out["token_type_ids"] = torch.cat(
+            [token_types[0], torch.full_like(target_ids, target_token_type(processor))])
     out.update(enc)  # pixel_values and family-specific image tensors, batch dim 1
     return out
+
+
+def target_token_type(processor) -> int:
+    """The token type of the target's tokens where a family uses token_type_ids.
+
+    PaliGemma marks the suffix (what is predicted, attended causally) with 1, as its processor
+    does for `suffix=`; families that mark image tokens instead (Gemma3) give text 0.
+    """
+    return 1 if "PaliGemma" in type(processor).__name__ else 0
 
 
 class TrainingDataset(torch.utils.data.Dataset):
@@ -150,8 +164,12 @@ def _stack_images(values: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat(padded, dim=0)
 
 
+# Per-token sequences other than input_ids/labels: right-padded like them, not concatenated.
+SEQUENCE_KEYS = {"token_type_ids": 1, "mm_token_type_ids": 0}  # key -> padding value
+
+
 class Collator:
-    """Right-pads input_ids/labels for training; image tensors are concatenated."""
+    """Right-pads input_ids/labels (and token types) for training; image tensors are concatenated."""
 
     def __init__(self, pad_token_id: int):
         self.pad_token_id = pad_token_id
@@ -168,8 +186,13 @@ class Collator:
             batch["input_ids"][i, :n] = f["input_ids"]
             batch["labels"][i, :n] = f["labels"]
             batch["attention_mask"][i, :n] = 1
+        for key, pad in SEQUENCE_KEYS.items():
+            if key in features[0]:
+                batch[key] = torch.full((len(features), longest), pad, dtype=torch.long)
+                for i, f in enumerate(features):
+                    batch[key][i, :len(f[key])] = f[key]
         for key in features[0]:
-            if key in ("input_ids", "labels"):
+            if key in ("input_ids", "labels") or key in SEQUENCE_KEYS:
                 continue
             values = [f[key] for f in features if f.get(key) is not None]
             if values:

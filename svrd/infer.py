@@ -2,6 +2,26 @@
 
 The published code decoded one question at a time and re-decoded every image on each access;
 here prompts are length-sorted into batches, left-padded, and generated together.
+
+Two answering modes (`infer.mode`):
+
+- `generate`: the answer is what the greedy output's conclusion says (`extract_choice`); an
+  output that commits to no option is null (unparseable, scored as wrong).
+- `likelihood`: the model still writes its own greedy rationale (the same output as in
+  `generate`), then the answer is the option whose conclusion the model finds most probable
+  right after the `<CONCLUSION>` tag. The rationale prefix is the greedy output up to and
+  including its first `<CONCLUSION>` opening tag; when the model never writes one (an
+  answer-only output without tags, or an output cut off by `max_new_tokens`), "<CONCLUSION>"
+  is appended after everything it wrote (EOS removed). Each option's continuation is scored
+  by the sum of its token log-probabilities: `letter` " A" (the letter's tokens only),
+  `letter_text` " A. attract </CONCLUSION>", `text` " attract </CONCLUSION>" (with the closing tag,
+  so an option that is a prefix of another, "red" and "red and blue", is not favoured).
+  The answer can never be unparseable. `choice_text` keeps what the written conclusion said,
+  so the score stage can count right reasoning with a wrong written conclusion.
+
+Left padding is safe: generation (and the likelihood pass, which builds its position ids the
+way `generate` does, from the attention mask) gives the same tokens at any batch size; see
+tests/test_infer.py.
 """
 
 from __future__ import annotations
@@ -14,15 +34,25 @@ import torch
 from tqdm import tqdm
 
 from svrd.answers import extract_choice
-from svrd.examples import Example, encode_prompt, messages_for, tokenizer_of
+from svrd.examples import Example, messages_for, tokenizer_of
 from svrd.images import open_png
+from svrd.rationale import TAG_RE
+from svrd.records import LETTERS
+
+MODES = ("generate", "likelihood")
+LIKELIHOOD_ANSWERS = ("letter", "letter_text", "text")
+CONCLUSION_TAG = "<CONCLUSION>"
+CLOSING_TAG = "</CONCLUSION>"
 
 PREDICTION_SCHEMA = pa.schema(
     [
         ("pid", pa.string()),
         ("model", pa.string()),
-        ("raw", pa.string()),
-        ("choice", pa.int64()),  # null when the output commits to no option
+        ("mode", pa.string()),  # generate | likelihood
+        ("raw", pa.string()),  # the greedy output, special tokens removed
+        ("choice", pa.int64()),  # the scored answer: generate: = choice_text; likelihood: the most probable option
+        ("choice_text", pa.int64()),  # what the written output commits to (extract_choice); null when nothing
+        ("option_logprobs", pa.list_(pa.float64())),  # likelihood: each option's log-probability; null in generate
         ("new_tokens", pa.int64()),
         ("seconds", pa.float64()),  # this question's share of its batch's wall time
     ]
@@ -44,20 +74,180 @@ def encode_batch(processor, examples: list[Example]) -> dict:
     return processor(text=texts, return_tensors="pt", padding=True)
 
 
+def _stop_ids(tok) -> set[int]:
+    return {i for i in (tok.eos_token_id, tok.pad_token_id) if i is not None}
+
+
+def _generated_ids(row: torch.Tensor, stop: set[int]) -> list[int]:
+    """The tokens a sequence generated, up to (without) its first EOS or padding."""
+    ids = row.tolist()
+    for k, i in enumerate(ids):
+        if i in stop:
+            return ids[:k]
+    return ids
+
+
 @torch.inference_mode()
-def generate_batch(model, processor, examples: list[Example], max_new_tokens: int) -> tuple[list[str], list[int]]:
+def generate_ids(model, processor, inputs: dict, max_new_tokens: int, min_new_tokens: int = 0) -> list[list[int]]:
+    """Greedy decoding of an encoded batch; each row's new tokens (EOS and padding removed)."""
     tok = tokenizer_of(processor)
-    inputs = encode_batch(processor, examples).to(model.device)
-    if "pixel_values" in inputs:
-        inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+    extra = {"min_new_tokens": min_new_tokens} if min_new_tokens else {}
     out = model.generate(
         **inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, **extra,
     )
     new = out[:, inputs["input_ids"].shape[1]:]
-    texts = tok.batch_decode(new, skip_special_tokens=True)
-    lengths = [int(((row != tok.pad_token_id) & (row != tok.eos_token_id)).sum()) for row in new]
-    return [t.strip() for t in texts], lengths
+    stop = _stop_ids(tok)
+    return [_generated_ids(row, stop) for row in new]
+
+
+def _to_device(model, inputs):
+    inputs = inputs.to(model.device)
+    if "pixel_values" in inputs:
+        inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+    return inputs
+
+
+def generate_batch(model, processor, examples: list[Example], max_new_tokens: int,
+                   min_new_tokens: int = 0) -> tuple[list[str], list[int]]:
+    """Greedy outputs (stripped text) and their lengths in new tokens."""
+    tok = tokenizer_of(processor)
+    ids = generate_ids(model, processor, _to_device(model, encode_batch(processor, examples)), max_new_tokens,
+                       min_new_tokens)
+    return [tok.decode(i, skip_special_tokens=True).strip() for i in ids], [len(i) for i in ids]
+
+
+# ---------------------------------------------------------------- likelihood answering
+
+def _opens_conclusion(text: str) -> bool:
+    return any(m.group(1) == "" and m.group(2).lower() == "conclusion" for m in TAG_RE.finditer(text))
+
+
+def rationale_prefix(tok, generated: list[int]) -> list[int]:
+    """The generated tokens up to and including the first <CONCLUSION> opening tag; when there is
+    none, all of them followed by the tokens of "<CONCLUSION>"."""
+    def has_tag(k: int) -> bool:
+        return _opens_conclusion(tok.decode(generated[:k], skip_special_tokens=False))
+
+    if not generated or not has_tag(len(generated)):
+        return list(generated) + tok(CONCLUSION_TAG, add_special_tokens=False)["input_ids"]
+    lo, hi = 1, len(generated)  # the shortest prefix whose text opens the conclusion
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if has_tag(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return list(generated[:lo])
+
+
+def option_continuation(index: int, choices: list[str], style: str) -> str:
+    """What follows "<CONCLUSION>" when the conclusion picks option `index`."""
+    letter, text = LETTERS[index], " ".join(str(choices[index]).split())
+    if style == "letter":
+        return f" {letter}"
+    if style == "letter_text":
+        return f" {letter}. {text} {CLOSING_TAG}"
+    if style == "text":
+        return f" {text} {CLOSING_TAG}"
+    raise ValueError(f"unknown infer.likelihood_answer {style!r}; expected one of {LIKELIHOOD_ANSWERS}")
+
+
+def continuation_ids(tok, continuation: str) -> list[int]:
+    """Tokens of `continuation` as they follow the tag (tokenized together with it when the tag's
+    own tokens come out unchanged, so a leading space merges as it would in running text)."""
+    tag = tok(CONCLUSION_TAG, add_special_tokens=False)["input_ids"]
+    both = tok(CONCLUSION_TAG + continuation, add_special_tokens=False)["input_ids"]
+    if both[:len(tag)] == tag and len(both) > len(tag):
+        return both[len(tag):]
+    return tok(continuation, add_special_tokens=False)["input_ids"]
+
+
+def _position_ids(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, extra: dict) -> torch.Tensor | None:
+    """Position ids as `generate` builds them (from the attention mask, so left padding does not
+    shift positions; families with their own scheme, e.g. multimodal RoPE, override the method)."""
+    import inspect
+
+    if "position_ids" not in inspect.signature(model.forward).parameters:
+        return None
+    prepare = getattr(model, "_prepare_position_ids_for_generation", None)
+    if prepare is not None:
+        try:
+            return prepare(input_ids, {"input_ids": input_ids, "attention_mask": attention_mask, **extra})
+        except Exception:  # noqa: BLE001 - an unexpected override: fall back to the plain rule
+            pass
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+@torch.inference_mode()
+def score_continuations(model, processor, inputs: dict, prefixes: list[list[int]],
+                        continuations: list[list[list[int]]]) -> list[list[float]]:
+    """Sum of log-probabilities of each row's continuations after its prompt and prefix.
+
+    `inputs` is the encoded (left-padded) prompt batch; round j scores every row's j-th
+    continuation in one forward pass over the same rows (so image tensors are reused as they
+    are), re-padded on the left; rows with fewer continuations repeat their first one, unscored.
+    """
+    tok = tokenizer_of(processor)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    prompts = [row[m.bool()].tolist() for row, m in zip(ids, mask, strict=True)]
+    extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask", "token_type_ids")}
+    scores: list[list[float]] = [[] for _ in prompts]
+    for j in range(max(len(c) for c in continuations)):
+        conts = [c[j] if j < len(c) else c[0] for c in continuations]
+        seqs = [p + q + c for p, q, c in zip(prompts, prefixes, conts, strict=True)]
+        longest = max(len(s) for s in seqs)
+        batch_ids = torch.full((len(seqs), longest), pad, dtype=torch.long)
+        batch_mask = torch.zeros((len(seqs), longest), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            batch_ids[i, longest - len(s):] = torch.tensor(s, dtype=torch.long)
+            batch_mask[i, longest - len(s):] = 1
+        batch_ids, batch_mask = batch_ids.to(model.device), batch_mask.to(model.device)
+        keep = max(len(c) for c in conts) + 1  # logits only where continuation tokens are predicted
+        kwargs = dict(extra)
+        positions = _position_ids(model, batch_ids, batch_mask, extra)
+        if positions is not None:
+            kwargs["position_ids"] = positions
+        out = model(input_ids=batch_ids, attention_mask=batch_mask, logits_to_keep=keep, use_cache=False, **kwargs)
+        logprobs = torch.log_softmax(out.logits.float(), dim=-1)  # [rows, keep, vocab]
+        for i, c in enumerate(conts):
+            if j >= len(continuations[i]):
+                continue
+            n = len(c)
+            # Token c[t] sits at sequence position longest-n+t and is predicted at position longest-n+t-1,
+            # which is index keep-n-1+t among the kept logits.
+            steps = logprobs[i, keep - n - 1:keep - 1]
+            scores[i].append(float(steps.gather(-1, torch.tensor(c, device=steps.device)[:, None]).sum()))
+    return scores
+
+
+def answer_batch(model, processor, examples: list[Example], choices: list[list[str]], max_new_tokens: int,
+                 mode: str = "generate", likelihood_answer: str = "letter", min_new_tokens: int = 0) -> list[dict]:
+    """One batch: greedy outputs, and in likelihood mode the options' log-probabilities.
+
+    Returns per example {"raw", "choice", "choice_text", "option_logprobs", "new_tokens"}.
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown infer.mode {mode!r}; expected one of {MODES}")
+    tok = tokenizer_of(processor)
+    inputs = _to_device(model, encode_batch(processor, examples))
+    generated = generate_ids(model, processor, inputs, max_new_tokens, min_new_tokens)
+    texts = [tok.decode(g, skip_special_tokens=True).strip() for g in generated]
+    rows = []
+    for text, g, opts in zip(texts, generated, choices, strict=True):
+        picked = extract_choice(text, opts)
+        rows.append({"raw": text, "choice": picked, "choice_text": picked, "option_logprobs": None,
+                     "new_tokens": len(g)})
+    if mode == "likelihood":
+        prefixes = [rationale_prefix(tok, g) for g in generated]
+        conts = [[continuation_ids(tok, option_continuation(k, opts, likelihood_answer)) for k in range(len(opts))]
+                 for opts in choices]
+        scores = score_continuations(model, processor, inputs, prefixes, conts)
+        for row, s in zip(rows, scores, strict=True):
+            row["option_logprobs"] = [round(x, 6) for x in s]
+            row["choice"] = max(range(len(s)), key=lambda k: (s[k], -k))  # ties: the first option
+    return rows
 
 
 def prompt_length(processor, ex: Example) -> int:
@@ -74,28 +264,32 @@ def predict(
     max_new_tokens: int = 512,
     done: dict[str, dict] | None = None,
     on_batch: Callable[[list[dict]], None] | None = None,
+    mode: str = "generate",
+    likelihood_answer: str = "letter",
+    min_new_tokens: int = 0,
+    progress: bool = True,
 ) -> list[dict]:
-    """Predict every example; rows in the order of `examples`.
+    """Predict every example; rows (PREDICTION_SCHEMA) in the order of `examples`.
 
     `done` holds rows already finished by an earlier, interrupted run (they are not redone);
     `on_batch` receives each finished batch's rows (to persist them as they arrive).
+    `min_new_tokens` forces a fixed generation length (benchmarks only).
     """
     done = dict(done or {})
     todo = [ex for ex in examples if ex.pid not in done]
     # Similar lengths together: less padding, fewer wasted decoding steps.
     todo.sort(key=lambda ex: prompt_length(processor, ex))
     model.eval()
-    with tqdm(total=len(examples), initial=len(examples) - len(todo), desc=f"infer {model_name}", unit="q") as bar:
+    with tqdm(total=len(examples), initial=len(examples) - len(todo), desc=f"infer {model_name}", unit="q",
+              disable=not progress) as bar:
         for start in range(0, len(todo), batch_size):
             batch = todo[start:start + batch_size]
             t0 = time.perf_counter()
-            texts, lengths = generate_batch(model, processor, batch, max_new_tokens)
+            answers = answer_batch(model, processor, batch, [choices_of[ex.pid] for ex in batch], max_new_tokens,
+                                   mode, likelihood_answer, min_new_tokens)
             per_item = (time.perf_counter() - t0) / len(batch)
-            rows = [
-                {"pid": ex.pid, "model": model_name, "raw": text, "choice": extract_choice(text, choices_of[ex.pid]),
-                 "new_tokens": n, "seconds": per_item}
-                for ex, text, n in zip(batch, texts, lengths)
-            ]
+            rows = [{"pid": ex.pid, "model": model_name, "mode": mode, **a, "seconds": per_item}
+                    for ex, a in zip(batch, answers, strict=True)]
             for row in rows:
                 done[row["pid"]] = row
             if on_batch is not None:
@@ -117,7 +311,7 @@ def accuracy_on(model, processor, rows: list[dict], max_new_tokens: int, batch_s
                     batch_size, max_new_tokens)
     if was_training:
         model.train()
-    correct = sum(p["choice"] == r["answer"] for p, r in zip(preds, rows))
+    correct = sum(p["choice"] == r["answer"] for p, r in zip(preds, rows, strict=True))
     return round(100.0 * correct / max(1, len(rows)), 2)
 
 
@@ -151,6 +345,31 @@ def _fingerprint(model_path: str, params, pids: list[str]) -> str:
     return h.hexdigest()[:16]
 
 
+def load_partial(path) -> dict[str, dict]:
+    """Rows of a partial predictions log, pid -> row. A last line cut by a kill is dropped and
+    cut off the file, so rows appended by the resumed run start on a line of their own."""
+    import json
+
+    done: dict[str, dict] = {}
+    if not path.exists():
+        return done
+    data = path.read_bytes()
+    intact = 0
+    for line in data.splitlines(keepends=True):
+        if not line.endswith(b"\n"):
+            break
+        try:
+            row = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            break
+        done[row["pid"]] = row
+        intact += len(line)
+    if intact < len(data):
+        with open(path, "r+b") as f:
+            f.truncate(intact)
+    return done
+
+
 def run_inference(params, name: str, test_rows: list[dict]) -> tuple[list[dict], dict]:
     """Load the model of infer.models[name], predict the test rows, resume from a partial run."""
     import json
@@ -164,14 +383,7 @@ def run_inference(params, name: str, test_rows: list[dict]) -> tuple[list[dict],
     trust = params.student.trust_remote_code
     device = pick_device()
     partial = cache_dir() / "infer" / f"{name}-{_fingerprint(path, params, [r['pid'] for r in test_rows])}.jsonl"
-    done: dict[str, dict] = {}
-    if partial.exists():
-        for line in partial.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                break  # a line cut by a kill: everything before it is intact
-            done[row["pid"]] = row
+    done = load_partial(partial)
     model = load_model(path, trust, pick_dtype("auto", device)).to(device)
     processor = load_processor(path, trust)
     partial.parent.mkdir(parents=True, exist_ok=True)
@@ -185,7 +397,8 @@ def run_inference(params, name: str, test_rows: list[dict]) -> tuple[list[dict],
 
         t0 = time.perf_counter()
         rows = predict(model, processor, examples_from_rows(test_rows), {r["pid"]: r["choices"] for r in test_rows},
-                       name, opts.batch_size, opts.max_new_tokens, done=done, on_batch=persist)
+                       name, opts.batch_size, opts.max_new_tokens, done=done, on_batch=persist, mode=opts.mode,
+                       likelihood_answer=opts.likelihood_answer)
         wall = time.perf_counter() - t0
     partial.unlink()
     new_tokens = sum(r["new_tokens"] for r in rows)
@@ -201,5 +414,10 @@ def run_inference(params, name: str, test_rows: list[dict]) -> tuple[list[dict],
         "tokens_per_s": round(new_tokens / gen_seconds, 1) if gen_seconds else 0.0,
         "unparseable": sum(r["choice"] is None for r in rows),
         "batch_size": opts.batch_size,
+        "mode": opts.mode,
     }
+    if opts.mode == "likelihood":
+        # The written conclusion against the likelihood answer (never unparseable itself).
+        stats["text_unparseable"] = sum(r["choice_text"] is None for r in rows)
+        stats["text_differs"] = sum(r["choice_text"] != r["choice"] for r in rows)
     return rows, stats

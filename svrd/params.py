@@ -189,7 +189,8 @@ class LoraParams(_Section):
     r: PosInt
     alpha: PosFloat  # whole numbers stay ints, as PEFT expects
     dropout: Annotated[Float, Field(ge=0, lt=1)]
-    # PEFT's shorthand ('all-linear') or module names
+    # 'all-linear' (every linear layer of the text model; never the vision tower, projector or
+    # output head) or leaf module names (q_proj, v_proj, ...), again within the text model only
     target_modules: Text | Annotated[tuple[Text, ...], Field(min_length=1)]
     merge: StrictBool
 
@@ -215,7 +216,7 @@ class TrainParams(_Section):
     group_by_length: StrictBool
     precision: Literal["auto", "fp32", "bf16", "fp16"]
     gradient_checkpointing: StrictBool
-    save_steps: PosInt
+    save_steps: NonNegInt  # checkpoint every N optimizer steps; 0: no checkpoints (no resume)
     seed: Seed
     eval_questions: NonNegInt  # validation questions answered after each epoch; 0: off
     eval_max_new_tokens: PosInt
@@ -237,6 +238,41 @@ class TrainParams(_Section):
         return self
 
 
+class PreferParams(_Section):
+    """Stage prefer: DPO on the distilled student's own sampled reasoning chains."""
+
+    samples: Annotated[Int, Field(ge=2)]  # k chains per question: a pair needs a correct and an incorrect one
+    temperature: PosFloat  # sampling only (0 would be greedy: k identical chains)
+    top_p: Annotated[Float, Field(gt=0, le=1)]
+    max_new_tokens: PosInt
+    max_questions: PosInt | None  # first N training questions; None: all
+    batch_size: PosInt  # questions per generate() call
+    min_correct: Share
+    max_correct: Share
+    max_pairs: PosInt  # m: pairs per question
+    beta: PosFloat
+    lr: PosFloat
+    epochs: PosFloat  # whole numbers stay ints
+    train_batch_size: PosInt
+    grad_accum: PosInt
+    warmup_steps: NonNegInt
+    max_length: PosInt
+    precision: Literal["auto", "fp32", "bf16", "fp16"]
+    seed: Seed
+
+    @field_validator("epochs")
+    @classmethod
+    def _epochs_int(cls, value: float) -> float:
+        return _int_if_integral(value)
+
+    @model_validator(mode="after")
+    def _band(self) -> PreferParams:
+        if self.min_correct > self.max_correct:
+            raise ValueError(f"prefer.min_correct ({self.min_correct:g}) must not exceed prefer.max_correct "
+                             f"({self.max_correct:g})")
+        return self
+
+
 # An infer.models entry's path may name one of these params instead of a folder or Hub id.
 MODEL_PARAM_REFS = ("student.model", "teach.model")
 
@@ -252,6 +288,7 @@ class InferParams(_Section):
     batch_size: PosInt
     max_new_tokens: PosInt
     mode: Literal["generate", "likelihood"]
+    likelihood_answer: Literal["letter", "letter_text", "text"]  # svrd.infer.LIKELIHOOD_ANSWERS
 
 
 class Params(_Section):
@@ -262,6 +299,7 @@ class Params(_Section):
     student: StudentParams
     tiny: TinyParams
     train: TrainParams
+    prefer: PreferParams
     infer: InferParams
 
     @model_validator(mode="after")

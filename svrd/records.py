@@ -56,6 +56,10 @@ def _text(value: Any, pid: str, field: str) -> str:
             raise RecordError(pid, field, f"text is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
     if not isinstance(value, str):
         raise RecordError(pid, field, f"expected text, got {type(value).__name__}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:  # lone surrogates (a JSON "\udcff" escape): Parquet cannot store them
+        raise RecordError(pid, field, f"text is not valid UTF-8 ({exc.reason} at character {exc.start})") from None
     if "\ufffd" in value:
         raise RecordError(pid, field, "text holds U+FFFD replacement characters (it was not valid UTF-8)")
     return value

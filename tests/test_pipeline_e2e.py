@@ -7,10 +7,9 @@ import shutil
 
 import pyarrow.parquet as pq
 import pytest
+from project_copy import run
 
-from tests.conftest import run
-
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("pipeline")]
 
 STAGES = ["sample", "filter", "split", "tiny_student", "teach", "distill", "infer@base", "infer@distilled", "score"]
 

@@ -197,7 +197,7 @@ BAD_RECORDS = {
     "six-choices": (dict(choices=list("abcdef"), answer=0), "choices", "has 6 options"),
     "choices-a-string": (dict(choices="frog, dog"), "choices", "expected a list"),
     "choices-missing": (dict(choices=None), "choices", "expected a list"),
-    "duplicate-options": (dict(choices=["dog", "cat", "Dog "]), "choices", "options repeat"),
+    "duplicate-options": (dict(choices=["dog", "cat", "dog "]), "choices", "options repeat"),
     "empty-option": (dict(choices=["dog", "  "], answer=0), "choices", "an option is empty"),
     "non-text-option": (dict(choices=["dog", 3], answer=0), "choices", "expected text"),
     "empty-question": (dict(question="   "), "question", "is empty"),

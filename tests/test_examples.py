@@ -1,0 +1,178 @@
+"""svrd.examples: target forms, conclusion styles, masking (loss on target tokens only), collation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from svrd.examples import (
+    IGNORE_INDEX,
+    Collator,
+    Example,
+    build_examples,
+    build_target,
+    encode_prompt,
+    encode_training,
+    tokenizer_of,
+)
+from svrd.models import load_model, load_processor
+from tiny_models import FAMILIES, corpus, fake_rationales, fake_records
+
+PROBLEM = {"pid": "7", "choices": ["attract", "repel"], "answer": 1}
+RATIONALE = {"summary": "S text.", "caption": "C text.", "reasoning": "R text.", "outcome": "agreed"}
+
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: one intra-op thread is much faster than several on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# --- targets ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("style", "conclusion"), [("letter", "B"), ("letter_text", "B. repel"), ("text", "repel")])
+def test_conclusion_styles(style, conclusion):
+    assert build_target(PROBLEM, None, "answer", style) == f"<CONCLUSION> {conclusion} </CONCLUSION>"
+    full = build_target(PROBLEM, RATIONALE, "rationale", style)
+    assert full.splitlines()[-1] == f"<CONCLUSION> {conclusion} </CONCLUSION>"
+
+
+def test_rationale_target_is_the_four_stages_in_order():
+    assert build_target(PROBLEM, RATIONALE, "rationale", "letter") == (
+        "<SUMMARY> S text. </SUMMARY>\n<CAPTION> C text. </CAPTION>\n"
+        "<REASONING> R text. </REASONING>\n<CONCLUSION> B </CONCLUSION>"
+    )
+
+
+def test_conclusion_comes_from_the_gold_answer_not_the_teacher():
+    wrong = {**RATIONALE, "conclusion": "A", "letter": "A"}
+    assert build_target(PROBLEM, wrong, "rationale", "letter").endswith("<CONCLUSION> B </CONCLUSION>")
+
+
+def test_answer_target_and_answer_only_outcome():
+    assert build_target(PROBLEM, RATIONALE, "answer", "letter") == "<CONCLUSION> B </CONCLUSION>"
+    answer_only = {**RATIONALE, "outcome": "answer_only"}
+    assert build_target(PROBLEM, answer_only, "rationale", "letter") == "<CONCLUSION> B </CONCLUSION>"
+
+
+def test_rationale_after_puts_the_conclusion_first():
+    lines = build_target(PROBLEM, RATIONALE, "rationale_after", "letter").splitlines()
+    assert lines[0] == "<CONCLUSION> B </CONCLUSION>"
+    assert [line.split(">")[0] + ">" for line in lines[1:]] == ["<SUMMARY>", "<CAPTION>", "<REASONING>"]
+
+
+def test_mix_is_stable_per_pid_and_near_its_share():
+    problems = [{**PROBLEM, "pid": str(i)} for i in range(400)]
+    forms = [build_target(p, RATIONALE, "mix", "letter", mix_share=0.3, seed=1) for p in problems]
+    again = [build_target(p, RATIONALE, "mix", "letter", mix_share=0.3, seed=1) for p in problems]
+    assert forms == again
+    answers = sum(f == "<CONCLUSION> B </CONCLUSION>" for f in forms)
+    assert 0.22 < answers / len(forms) < 0.38
+    assert all(f.startswith("<SUMMARY>") or f == "<CONCLUSION> B </CONCLUSION>" for f in forms)
+    other_seed = [build_target(p, RATIONALE, "mix", "letter", mix_share=0.3, seed=2) for p in problems]
+    assert other_seed != forms
+
+
+def test_unknown_target_fails():
+    with pytest.raises(ValueError, match="train.target"):
+        build_target(PROBLEM, RATIONALE, "summary_only", "letter")
+
+
+def test_build_examples_drops_questions_without_rationale_except_for_answer_target():
+    recs = fake_records(3)
+    rats = fake_rationales(recs[:2])
+    assert [e.pid for e in build_examples(recs, rats, "rationale")] == [r["pid"] for r in recs[:2]]
+    assert len(build_examples(recs, rats, "answer")) == 3
+    ex = build_examples(recs, rats, "rationale", "letter_text")[0]
+    assert ex.image == recs[0]["image"] and ex.prompt.startswith("Question: ")
+
+
+# --- masking: the loss falls on target tokens only -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def students(tmp_path_factory):
+    records = fake_records(4)
+    root = tmp_path_factory.mktemp("students")
+    return {name: FAMILIES[name](root / name, corpus(records))["path"] for name in FAMILIES}, records
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_labels_mask_prompt_and_image_tokens(students, family):
+    paths, records = students
+    processor = load_processor(paths[family])
+    tok = tokenizer_of(processor)
+    ex = build_examples(records, fake_rationales(records), "rationale", "letter_text")[0]
+    enc = encode_training(processor, ex, max_length=512)
+    prompt_ids = encode_prompt(processor, ex)["input_ids"][0]
+    target_ids = tok(ex.target, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+
+    labels = enc["labels"]
+    first = int((labels != IGNORE_INDEX).nonzero()[0])
+    assert first == len(prompt_ids)  # the first label position is exactly the first target token
+    assert labels[first] == target_ids[0]
+    assert labels[first:].tolist() == target_ids  # every target token (and EOS) is learned
+    assert torch.equal(enc["input_ids"][:first], prompt_ids)
+    image_token = tok.convert_tokens_to_ids(getattr(processor, "image_token", "<image>"))
+    image_positions = (enc["input_ids"] == image_token).nonzero().flatten()
+    assert len(image_positions) > 0 and bool((labels[image_positions] == IGNORE_INDEX).all())
+    if "token_type_ids" in enc:  # PaliGemma: prefix 0 (bidirectional), suffix 1 (causal)
+        assert enc["token_type_ids"][:first].eq(0).all() and enc["token_type_ids"][first:].eq(1).all()
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_model_loss_is_cross_entropy_over_target_positions_only(students, family):
+    paths, records = students
+    processor = load_processor(paths[family])
+    model = load_model(paths[family]).eval()
+    examples = build_examples(records, fake_rationales(records), "rationale", "letter")[:3]
+    batch = Collator(tokenizer_of(processor).pad_token_id)([encode_training(processor, e, 512) for e in examples])
+    with torch.no_grad():
+        out = model(**batch)
+    logits = out.logits[:, :-1].float()
+    labels = batch["labels"][:, 1:]
+    keep = labels != IGNORE_INDEX
+    manual = torch.nn.functional.cross_entropy(logits[keep], labels[keep])
+    assert torch.allclose(out.loss, manual, atol=1e-5)
+    # the same mean over *all* next-token positions differs: the prompt and image really are excluded
+    every = torch.nn.functional.cross_entropy(logits[batch["attention_mask"][:, 1:].bool()],
+                                              batch["input_ids"][:, 1:][batch["attention_mask"][:, 1:].bool()])
+    assert not torch.allclose(out.loss, every, atol=1e-3)
+    # truncation keeps the boundary: a short max_length cuts the target, never the prompt
+    short = encode_training(processor, examples[0], len(encode_prompt(processor, examples[0])["input_ids"][0]) + 3)
+    assert int((short["labels"] != IGNORE_INDEX).sum()) == 3
+
+
+def test_prompt_over_max_length_names_the_pid(students):
+    paths, records = students
+    processor = load_processor(paths["llava"])
+    ex = Example("pid-9", records[0]["image"], "Question?", "<CONCLUSION> A </CONCLUSION>")
+    with pytest.raises(ValueError, match="pid-9"):
+        encode_training(processor, ex, max_length=8)
+
+
+# --- collation ----------------------------------------------------------------------------------
+
+
+def test_collator_pads_sequences_and_stacks_images():
+    features = [
+        {"input_ids": torch.tensor([5, 6, 7]), "labels": torch.tensor([-100, 6, 7]),
+         "token_type_ids": torch.tensor([0, 1, 1]), "pixel_values": torch.ones(1, 1, 3, 4, 4),
+         "pixel_attention_mask": torch.ones(1, 1, 4, 4, dtype=torch.long)},
+        {"input_ids": torch.tensor([5, 8]), "labels": torch.tensor([-100, 8]),
+         "token_type_ids": torch.tensor([0, 1]), "pixel_values": torch.ones(1, 2, 3, 4, 4),
+         "pixel_attention_mask": torch.ones(1, 2, 4, 4, dtype=torch.long)},
+    ]
+    batch = Collator(pad_token_id=0)(features)
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [5, 8, 0]]
+    assert batch["labels"].tolist() == [[-100, 6, 7], [-100, 8, -100]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert batch["token_type_ids"].tolist() == [[0, 1, 1], [0, 1, 1]]
+    # Idefics3 tiles: the shorter example is padded with an all-zero tile (and mask), which the model skips
+    assert batch["pixel_values"].shape == (2, 2, 3, 4, 4)
+    assert batch["pixel_values"][0, 1].abs().sum() == 0 and batch["pixel_attention_mask"][0, 1].sum() == 0

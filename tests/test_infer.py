@@ -1,0 +1,213 @@
+"""svrd.infer on a tiny LLaVA built here: batched = unbatched, likelihood answering, resume after SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from svrd.examples import tokenizer_of
+from svrd.infer import (
+    CONCLUSION_TAG,
+    PREDICTION_SCHEMA,
+    continuation_ids,
+    examples_from_rows,
+    load_partial,
+    option_continuation,
+    predict,
+    rationale_prefix,
+    run_inference,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+COMPARED = ("pid", "model", "mode", "raw", "choice", "choice_text", "new_tokens")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """20 sample questions and a tiny LLaVA whose weights are re-drawn larger than the default
+    init, so greedy outputs differ between questions (an untrained init repeats one token)."""
+    from svrd.filter import clean_record
+    from svrd.models import load_model, load_processor
+    from svrd.prompts import format_question
+    from svrd.sample import generate
+    from svrd.sources import iter_release
+    from svrd.tiny import build_tiny_student
+
+    root = tmp_path_factory.mktemp("infer")
+    generate(root / "release", per_family=4)
+    rows = [clean_record(r, True, 25_000_000) for r in iter_release(root / "release")]
+    build_tiny_student(root / "built", [format_question(r) for r in rows] + [r["solution"] for r in rows],
+                       vocab_size=400, text_layers=2)
+    model, processor = load_model(str(root / "built")), load_processor(str(root / "built"))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, 0.3 if "embed" in name else 0.08)
+    model.save_pretrained(root / "model")
+    processor.save_pretrained(root / "model")
+    model.eval()
+    return {"root": root, "rows": rows, "model": model, "processor": processor, "path": root / "model"}
+
+
+def _predict(tiny, rows, batch_size, **kw):
+    return predict(tiny["model"], tiny["processor"], examples_from_rows(rows), {r["pid"]: r["choices"] for r in rows},
+                   "tiny", batch_size=batch_size, progress=False, **kw)
+
+
+def _same(a: list[dict], b: list[dict]) -> None:
+    assert [[r[k] for k in COMPARED] for r in a] == [[r[k] for k in COMPARED] for r in b]
+    for x, y in zip(a, b, strict=True):
+        if x["option_logprobs"] is None:
+            assert y["option_logprobs"] is None
+        else:
+            assert x["option_logprobs"] == pytest.approx(y["option_logprobs"], abs=1e-3)
+
+
+def test_batch_8_equals_batch_1_greedy_fp32(tiny):
+    rows = tiny["rows"][:8]
+    batched = _predict(tiny, rows, 8, max_new_tokens=8)
+    single = _predict(tiny, rows, 1, max_new_tokens=8)
+    # The prompts differ in length (left padding is exercised) and the outputs differ between questions.
+    assert len({len(r["question"]) for r in rows}) > 1
+    assert len({r["raw"] for r in single}) > 1 and all(r["new_tokens"] > 0 for r in single)
+    _same(batched, single)
+    assert [r["pid"] for r in batched] == [r["pid"] for r in rows]
+    pa.Table.from_pylist(batched, schema=PREDICTION_SCHEMA)  # rows fit the table's schema
+
+
+def test_likelihood_batch_8_equals_batch_1_and_is_never_unparseable(tiny):
+    rows = tiny["rows"][8:14]
+    batched = _predict(tiny, rows, 8, max_new_tokens=4, mode="likelihood")
+    single = _predict(tiny, rows, 1, max_new_tokens=4, mode="likelihood")
+    _same(batched, single)
+    for row, rec in zip(batched, rows, strict=True):
+        assert row["mode"] == "likelihood"
+        assert len(row["option_logprobs"]) == len(rec["choices"])
+        scores = row["option_logprobs"]
+        assert row["choice"] == max(range(len(scores)), key=lambda k: scores[k])
+        assert all(s < 0 for s in scores)
+    table = pa.Table.from_pylist(batched, schema=PREDICTION_SCHEMA)
+    assert table.column("choice").null_count == 0
+
+
+def test_generate_mode_choice_is_the_text_choice(tiny):
+    rows = tiny["rows"][:4]
+    for row in _predict(tiny, rows, 4, max_new_tokens=4):
+        assert row["choice"] == row["choice_text"] and row["option_logprobs"] is None and row["mode"] == "generate"
+
+
+def test_rationale_prefix_cuts_after_the_conclusion_tag_or_appends_it(tiny):
+    tok = tokenizer_of(tiny["processor"])
+    ids = tok("<SUMMARY> s </SUMMARY>\n<REASONING> so B </REASONING>\n<CONCLUSION> B </CONCLUSION>",
+              add_special_tokens=False)["input_ids"]
+    prefix = rationale_prefix(tok, ids)
+    assert tok.decode(prefix).endswith(CONCLUSION_TAG) and "</REASONING>" in tok.decode(prefix)
+    # Never written (answer-only text, or cut off): the tag is appended after everything written.
+    cut = tok("<SUMMARY> s </SUMMARY>\n<REASONING> so", add_special_tokens=False)["input_ids"]
+    assert rationale_prefix(tok, cut) == cut + tok(CONCLUSION_TAG, add_special_tokens=False)["input_ids"]
+    assert rationale_prefix(tok, []) == tok(CONCLUSION_TAG, add_special_tokens=False)["input_ids"]
+    # A tag spelled with spaces, as LLaVA-CoT writes it, counts too.
+    spaced = tok("thinking < CONCLUSION > A", add_special_tokens=False)["input_ids"]
+    assert tok.decode(rationale_prefix(tok, spaced)).rstrip().endswith(">")
+
+
+def test_option_continuations(tiny):
+    choices = ["attract", "repel"]
+    assert option_continuation(1, choices, "letter") == " B"
+    assert option_continuation(0, choices, "letter_text") == " A. attract </CONCLUSION>"
+    assert option_continuation(1, choices, "text") == " repel </CONCLUSION>"
+    with pytest.raises(ValueError):
+        option_continuation(0, choices, "bogus")
+    tok = tokenizer_of(tiny["processor"])
+    # The letter follows the tag as in the training target "<CONCLUSION> B </CONCLUSION>".
+    target = tok("<CONCLUSION> B </CONCLUSION>", add_special_tokens=False)["input_ids"]
+    tag = tok(CONCLUSION_TAG, add_special_tokens=False)["input_ids"]
+    assert target[len(tag):len(tag) + len(continuation_ids(tok, " B"))] == continuation_ids(tok, " B")
+
+
+def test_load_partial_drops_and_cuts_a_line_cut_by_a_kill(tmp_path):
+    log = tmp_path / "p.jsonl"
+    log.write_text(json.dumps({"pid": "1"}) + "\n" + json.dumps({"pid": "2"}) + "\n" + '{"pid": "3", "ra')
+    assert set(load_partial(log)) == {"1", "2"}
+    assert log.read_text().endswith("}\n")  # appends start on a fresh line
+    assert load_partial(tmp_path / "missing.jsonl") == {}
+
+
+CHILD = textwrap.dedent("""
+    import json, os, sys, time
+    import svrd.infer as infer
+    from svrd.io import read_rows
+    from svrd.params import load_params
+
+    real = infer.answer_batch
+    def slow(*args, **kwargs):  # the kill must land mid-run: each batch takes a little longer
+        out = real(*args, **kwargs)
+        time.sleep(float(os.environ["SLOW_S"]))
+        return out
+    infer.answer_batch = slow
+    params = load_params().with_overrides(json.loads(sys.argv[1]))
+    rows, stats = infer.run_inference(params, "base", read_rows(sys.argv[2]))
+    print("FINISHED", stats["questions"])
+""")
+
+
+def test_infer_resumes_after_sigkill(tiny, tmp_path, monkeypatch):
+    from svrd.io import read_rows
+    from svrd.params import load_params
+
+    rows = tiny["rows"][:8]
+    table = tmp_path / "test.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), table)
+    overrides = {"student.model": str(tiny["path"]), "infer.batch_size": 2, "infer.max_new_tokens": 4,
+                 "infer.mode": "likelihood"}
+    killed_cache = tmp_path / "cache-killed"
+    env = {**os.environ, "SVRD_CACHE_DIR": str(killed_cache), "SLOW_S": "0.3", "TQDM_DISABLE": "1",
+           "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    proc = subprocess.Popen([sys.executable, str(script), json.dumps(overrides), str(table)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    lines = 0
+    while time.monotonic() < deadline and proc.poll() is None:
+        logs = list((killed_cache / "infer").glob("base-*.jsonl")) if (killed_cache / "infer").exists() else []
+        lines = len(logs[0].read_text().splitlines()) if logs else 0
+        if lines >= 4:  # two batches of two persisted, two to go
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, f"inference ended before it could be killed:\n{proc.stdout.read().decode()[-3000:]}"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    [partial] = (killed_cache / "infer").glob("base-*.jsonl")
+    finished = load_partial(partial)
+    assert 4 <= len(finished) < len(rows)
+
+    params = load_params(REPO / "params.yaml").with_overrides(overrides)
+    test_rows = read_rows(table)
+    monkeypatch.setenv("SVRD_CACHE_DIR", str(killed_cache))
+    resumed, stats = run_inference(params, "base", test_rows)
+    assert stats["resumed"] == len(finished) > 0
+    assert not partial.exists()  # the finished run removes its log
+    for pid, row in finished.items():  # finished rows were reused, not redone
+        assert next(r for r in resumed if r["pid"] == pid)["seconds"] == row["seconds"]
+
+    # An uninterrupted run of the same model (the fixture holds the weights that were saved).
+    clean = _predict(tiny, test_rows, 2, max_new_tokens=4, mode="likelihood")
+    for row in clean:
+        row["model"] = "base"
+    assert [r["pid"] for r in resumed] == [r["pid"] for r in rows]
+    assert len({r["pid"] for r in resumed}) == len(rows)
+    _same(resumed, clean)

@@ -1,0 +1,112 @@
+"""split: official and stratified strategies, caps in release order, seeds, rare topics."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from svrd.errors import SvrdError
+from svrd.split import assign_stratified, read_split, split_table, write_splits
+
+SAMPLE = Path(__file__).parent / "fixtures" / "scienceqa-sample"
+FRACTIONS = (0.7, 0.1, 0.2)
+
+
+def table_of(pids, topics, splits=None) -> pa.Table:
+    n = len(pids)
+    return pa.table({"pid": [str(p) for p in pids], "split": splits or ["train"] * n, "topic": topics,
+                     "question": [f"q{p}" for p in pids]})
+
+
+@pytest.fixture(scope="module")
+def sample_table() -> pa.Table:
+    problems = json.loads((SAMPLE / "problems.json").read_text())
+    return table_of(list(problems), [r["topic"] for r in problems.values()], [r["split"] for r in problems.values()])
+
+
+def sizes(parts):
+    return {k: v.num_rows for k, v in parts.items()}
+
+
+def test_official_keeps_release_split(sample_table):
+    parts = split_table(sample_table, "official")
+    assert sizes(parts) == {"train": 1041, "val": 371, "test": 361}
+
+
+def test_official_rejects_unknown_split_names():
+    with pytest.raises(SvrdError, match="trainval"):
+        split_table(table_of([1, 2], ["a", "a"], ["train", "trainval"]), "official")
+
+
+@pytest.mark.parametrize("fractions", [FRACTIONS, (0.8, 0.1, 0.1), (0.34, 0.33, 0.33)])
+def test_stratified_disjoint_and_fractions(sample_table, fractions):
+    n = sample_table.num_rows
+    parts = split_table(sample_table, "stratified", fractions, seed=0)
+    pids = [set(p.column("pid").to_pylist()) for p in parts.values()]
+    assert sum(len(p) for p in pids) == n and len(set.union(*pids)) == n  # a partition: disjoint, complete
+    for part, frac in zip(parts.values(), fractions, strict=True):
+        assert abs(part.num_rows - frac * n) <= 2
+    assert all(set(p.column("split").to_pylist()) == {name} for name, p in parts.items())
+
+
+def test_stratified_by_topic(sample_table):
+    parts = split_table(sample_table, "stratified", FRACTIONS, seed=3)
+    total = Counter(sample_table.column("topic").to_pylist())
+    for name, frac in zip(parts, FRACTIONS, strict=True):
+        got = Counter(parts[name].column("topic").to_pylist())
+        for topic, count in total.items():
+            assert abs(got[topic] - frac * count) <= 2, (name, topic, got[topic], count)
+
+
+def test_stratified_is_seeded(sample_table):
+    a = assign_stratified(sample_table, FRACTIONS, seed=0)
+    assert a == assign_stratified(sample_table, FRACTIONS, seed=0)
+    b = assign_stratified(sample_table, FRACTIONS, seed=1)
+    assert a != b
+    assert Counter(a) == Counter(b)  # same sizes, different members
+
+
+@pytest.mark.parametrize("n_rare", [1, 2, 3])
+def test_rare_topics_do_not_crash(n_rare):
+    topics = ["common"] * 40 + [f"rare{i}" for i in range(5) for _ in range(n_rare)]
+    table = table_of(range(len(topics)), topics)
+    for seed in range(5):
+        parts = split_table(table, "stratified", FRACTIONS, seed=seed)
+        assert sum(sizes(parts).values()) == len(topics)
+        for part, frac in zip(parts.values(), FRACTIONS, strict=True):
+            assert abs(part.num_rows - frac * len(topics)) <= 2
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 5])
+def test_tiny_tables(n):
+    parts = split_table(table_of(range(n), [f"t{i}" for i in range(n)]), "stratified", FRACTIONS, seed=0)
+    assert sum(sizes(parts).values()) == n
+
+
+def test_caps_take_the_first_in_release_order(sample_table):
+    parts = split_table(sample_table, "official", max_train=100, max_val=10, max_test=None)
+    train_release = [p for p, s in zip(sample_table.column("pid").to_pylist(),
+                                       sample_table.column("split").to_pylist(), strict=True) if s == "train"]
+    assert parts["train"].column("pid").to_pylist() == train_release[:100]
+    assert sizes(parts) == {"train": 100, "val": 10, "test": 361}
+    strat = split_table(sample_table, "stratified", FRACTIONS, seed=0, max_train=50)
+    full = split_table(sample_table, "stratified", FRACTIONS, seed=0)
+    assert strat["train"].column("pid").to_pylist() == full["train"].column("pid").to_pylist()[:50]
+    order = {p: i for i, p in enumerate(sample_table.column("pid").to_pylist())}
+    positions = [order[p] for p in full["train"].column("pid").to_pylist()]
+    assert positions == sorted(positions)  # release order kept
+
+
+def test_unknown_strategy(sample_table):
+    with pytest.raises(ValueError, match="strategy"):
+        split_table(sample_table, "random")
+
+
+def test_write_and_read_splits(sample_table, tmp_path):
+    counts = write_splits(split_table(sample_table, "official", max_train=10), tmp_path)
+    assert counts["train"] == 10
+    assert read_split(tmp_path, "train", ["pid"]).num_rows == 10
