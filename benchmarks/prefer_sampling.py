@@ -1,6 +1,7 @@
 """Benchmark: prefer's chain sampling, batched against one chain at a time, on the tiny student.
 
     .venv/bin/python benchmarks/prefer_sampling.py [--questions 8] [--k 4] [--batch-size 8] [--max-new-tokens 32]
+                                                   [--threads 1]
 
 Builds the embedded tiny student (params.yaml `tiny` section, random weights) in a temporary
 folder, then samples `k` chains for each of `--questions` fake ScienceQA-shaped questions twice:
@@ -54,7 +55,11 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=8, help="questions per generate() call when batched")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch intra-op threads (0: torch's default); on a shared, loaded CPU 1 is often faster")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     tiny = load_params(ROOT / "params.yaml").tiny
     records = fake_records(args.questions)

@@ -8,7 +8,6 @@ loss on target tokens only). Resumes from its last checkpoint when killed.
 import shutil
 
 from dvclive import Live
-
 from svrd.distill import run_fingerprint, save_student, train
 from svrd.examples import build_examples
 from svrd.infer import accuracy_on

@@ -20,6 +20,9 @@ def main() -> None:
     write_json(METRICS / "infer" / f"{name}.json", stats)
     print(f"infer {name}: {stats['questions']} questions in {stats['wall_s']} s ({stats['questions_per_s']} q/s, "
           f"{stats['tokens_per_s']} tokens/s), {stats['unparseable']} unparseable, {stats['resumed']} resumed")
+    if stats["mode"] == "likelihood":
+        print(f"infer {name}: likelihood answers; the written conclusion differs on {stats['text_differs']} "
+              f"and is unparseable on {stats['text_unparseable']}")
 
 
 if __name__ == "__main__":

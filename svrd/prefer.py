@@ -122,7 +122,7 @@ def sample_chains(model, processor, examples: list[Example], k: int, temperature
             batch = todo[start:start + batch_size]
             chains = sample_batch(model, processor, batch, k, temperature, top_p, max_new_tokens, seed,
                                   min_new_tokens)
-            finished = {ex.pid: c for ex, c in zip(batch, chains)}
+            finished = {ex.pid: c for ex, c in zip(batch, chains, strict=True)}
             done.update(finished)
             if on_batch is not None:
                 on_batch(finished)

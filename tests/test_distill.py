@@ -12,15 +12,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_models import build_llava, corpus, fake_records
 
 from svrd.distill import OPTIMIZERS, latest_checkpoint, run_fingerprint, training_arguments
 from svrd.examples import Example
 from svrd.models import pick_dtype
 from svrd.params import load_params
-from tiny_models import build_llava, corpus, fake_records
 
 TESTS = Path(__file__).resolve().parent
 PARAMS = load_params()
+
+
+def value(enum_or_str) -> str:
+    return getattr(enum_or_str, "value", enum_or_str)
 
 
 def cfg(**overrides):
@@ -33,7 +37,7 @@ def cfg(**overrides):
 def test_adam_is_adamw_with_zero_decay_whatever_weight_decay_says(tmp_path):
     args = training_arguments(cfg(**{"train.optimizer": "adam", "train.weight_decay": 0.1}), str(tmp_path),
                               False, False, False)
-    assert OPTIMIZERS["adam"] == "adamw_torch" and "adamw_torch" in str(args.optim) and args.weight_decay == 0.0
+    assert OPTIMIZERS["adam"] == "adamw_torch" == value(args.optim) and args.weight_decay == 0.0
     adamw = training_arguments(cfg(**{"train.optimizer": "adamw", "train.weight_decay": 0.1}), str(tmp_path),
                                False, False, False)
     assert adamw.weight_decay == 0.1
@@ -42,14 +46,14 @@ def test_adam_is_adamw_with_zero_decay_whatever_weight_decay_says(tmp_path):
 def test_table3_values_reach_the_trainer(tmp_path):
     c = cfg(**{"train.lr": 1.4e-5, "train.epochs": 1, "train.batch_size": 16, "train.grad_accum": 1,
                "train.warmup_steps": 7, "train.schedule": "cosine", "train.seed": 3, "train.save_steps": 5})
-    args = training_arguments(c, str(tmp_path), True, False, True)
+    args = training_arguments(c, str(tmp_path), False, False, True)  # bf16=True needs a GPU to validate
     assert (args.learning_rate, args.num_train_epochs, args.per_device_train_batch_size) == (1.4e-5, 1, 16)
     assert args.gradient_accumulation_steps == 1 and args.warmup_steps == 7
-    assert "cosine" in str(args.lr_scheduler_type)
-    assert args.seed == 3 and args.data_seed == 3 and args.bf16 and not args.fp16
-    assert args.save_steps == 5 and "steps" in str(args.save_strategy)
+    assert value(args.lr_scheduler_type) == "cosine" and value(args.optim) == "adamw_torch"
+    assert args.seed == 3 and args.data_seed == 3 and not args.bf16 and not args.fp16
+    assert args.save_steps == 5 and value(args.save_strategy) == "steps"
     no_ckpt = training_arguments(cfg(**{"train.save_steps": 0}), str(tmp_path), False, False, False)
-    assert "no" in str(no_ckpt.save_strategy).lower()
+    assert value(no_ckpt.save_strategy) == "no"
 
 
 def test_precision_bf16_on_a_capable_gpu_fp32_on_cpu(monkeypatch):
@@ -116,7 +120,7 @@ print("STATS " + json.dumps(stats))
 """
 
 
-def test_killed_distill_resumes_from_its_last_checkpoint(tmp_path):
+def test_killed_distill_resumes_from_its_last_checkpoint(tmp_path, capsys):
     model_dir = tmp_path / "student"
     build_llava(model_dir, corpus(fake_records(8)))
     ckpt = tmp_path / "ckpt"
@@ -125,7 +129,7 @@ def test_killed_distill_resumes_from_its_last_checkpoint(tmp_path):
                                     model=str(model_dir), ckpt=str(ckpt)))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
-    proc = subprocess.Popen([sys.executable, str(script)], env={**env, "SLOW": "0.4"}, cwd=tmp_path,
+    proc = subprocess.Popen([sys.executable, str(script)], env={**env, "SLOW": "0.3"}, cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 120
@@ -143,11 +147,16 @@ def test_killed_distill_resumes_from_its_last_checkpoint(tmp_path):
     assert (Path(first) / "model.safetensors").is_file()  # weights as safetensors, never pickles
     assert not list(Path(first).glob("pytorch_model*.bin"))
 
-    again = subprocess.run([sys.executable, str(script)], env=env, cwd=tmp_path, capture_output=True, text=True,
-                           timeout=300)
-    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    assert f"resuming from {first}" in again.stdout
-    stats = json.loads(again.stdout.split("STATS ", 1)[1].splitlines()[0])
+    # the re-run, in this process (the import of transformers' Trainer is already paid for)
+    namespace = {"__name__": "rerun"}
+    threads = torch.get_num_threads()
+    try:
+        exec(compile(script.read_text(), str(script), "exec"), namespace)
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert f"resuming from {first}" in out
+    stats = json.loads(out.split("STATS ", 1)[1].splitlines()[0])
     assert stats["resumed_from"] == first
     assert stats["steps"] == 8  # 8 examples, batch 1, 1 epoch: the same total as an uninterrupted run
     assert latest_checkpoint(ckpt).endswith("checkpoint-8")

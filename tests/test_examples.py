@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_models import FAMILIES, corpus, fake_rationales, fake_records
 
 from svrd.examples import (
     IGNORE_INDEX,
@@ -16,7 +17,6 @@ from svrd.examples import (
     tokenizer_of,
 )
 from svrd.models import load_model, load_processor
-from tiny_models import FAMILIES, corpus, fake_rationales, fake_records
 
 PROBLEM = {"pid": "7", "choices": ["attract", "repel"], "answer": 1}
 RATIONALE = {"summary": "S text.", "caption": "C text.", "reasoning": "R text.", "outcome": "agreed"}

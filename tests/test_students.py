@@ -11,6 +11,7 @@ import json
 
 import pytest
 import torch
+from tiny_models import FAMILIES, corpus, fake_rationales, fake_records
 
 from svrd.distill import save_student, train
 from svrd.examples import build_examples, tokenizer_of
@@ -26,7 +27,6 @@ from svrd.models import (
     vision_encoder,
 )
 from svrd.params import load_params
-from tiny_models import FAMILIES, corpus, fake_rationales, fake_records
 
 PARAMS = load_params()
 

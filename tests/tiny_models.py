@@ -102,7 +102,12 @@ PALIGEMMA_TEMPLATE = (
 def build_paligemma(out_dir: str | Path, texts: Iterable[str], image_size: int = 32, patch_size: int = 8,
                     seed: int = 0) -> dict:
     """PaliGemma: SigLIP vision tower + Gemma; the prompt attends bidirectionally (token_type_ids 0)."""
-    from transformers import GemmaConfig, PaliGemmaConfig, PaliGemmaForConditionalGeneration, PaliGemmaProcessor
+    from transformers import (
+        GemmaConfig,
+        PaliGemmaConfig,
+        PaliGemmaForConditionalGeneration,
+        PaliGemmaProcessor,
+    )
     from transformers.models.siglip.configuration_siglip import SiglipVisionConfig
     from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
