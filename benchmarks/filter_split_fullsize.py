@@ -1,6 +1,6 @@
 """Benchmark: the filter and split stages on a full-size ScienceQA-shaped release.
 
-    .venv/bin/python -m benchmarks.filter_split_fullsize [--quick] [--image-side PX] [--profile] [--json]
+    .venv/bin/python -m benchmarks.filter_split_fullsize [--quick] [--image-side PX] [--noise N] [--profile] [--json]
 
 1. Builds, in a temporary folder, a release in ScienceQA's layout with the real sizes: 21,208
    problems in problems.json (train 12,726 / val 4,241 / test 4,241, in each record's `split`
@@ -9,7 +9,9 @@
    under pids "1".."21208"; every replicated image gets a stamp of its pid in its pixels, so no
    two image files are byte-identical (identical bytes would flatter Parquet's compression).
    `--image-side` scales the drawn 128 px images up (nearest neighbour) to approach the sizes
-   of real ScienceQA figures. Building is not measured (its time is printed apart).
+   of real ScienceQA figures, and `--noise` makes their PNG bytes photo-like (320 px with noise 3
+   gives ~125 KiB an image, ~1.2 GiB for 10,000: roughly the real release's image folder).
+   Building is not measured (its time is printed apart).
 2. Runs what `dvc repro filter split` runs, each stage in a fresh child process as DVC does:
    filter (svrd.filter.filter_records over svrd.sources.iter_release, images only, every record
    validated and its image normalized to RGB PNG) and split (read the filtered table,
@@ -45,6 +47,7 @@ from benchmarks.common import GIB, MIB, ROWS_MARKER, format_table, machine_line,
 
 FULL = {"problems": 21_208, "images": 10_000, "train": 12_726, "val": 4_241, "test": 4_241}
 QUICK = {"problems": 300, "images": 150, "train": 180, "val": 60, "test": 60}
+PNG_LEVEL_ENV = "SVRD_BENCH_PNG_LEVEL"
 TARGET_SECONDS = 120.0
 TARGET_BYTES = 2 * GIB
 SPLITS = ("train", "val", "test")
@@ -52,9 +55,24 @@ SPLITS = ("train", "val", "test")
 
 # ------------------------------------------------------------------------------ the release
 
-def _stamp(img, pid: int):
-    """A copy of `img` with the pid written into its top-left pixels (unique bytes per file)."""
-    out = img.copy()
+def _png(img, level: int) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=level)
+    return buf.getvalue()
+
+
+def _stamp(img, pid: int, noise: int = 0):
+    """A copy of `img` with the pid written into its top-left pixels (unique bytes per file), and
+    with `noise` > 0 seeded uniform noise of +-noise levels per channel (photo-like PNG sizes)."""
+    if noise > 0:
+        import numpy as np
+        from PIL import Image
+
+        arr = np.asarray(img, dtype=np.int16)
+        arr = arr + np.random.default_rng(pid).integers(-noise, noise + 1, arr.shape, dtype=np.int16)
+        out = Image.fromarray(arr.clip(0, 255).astype(np.uint8))
+    else:
+        out = img.copy()
     px = out.load()
     for k in range(4):
         byte = (pid >> (8 * k)) & 0xFF
@@ -63,11 +81,10 @@ def _stamp(img, pid: int):
 
 
 def build_release(out_dir: Path, sizes: dict, seed: int = 0, pool_per_family: int = 200,
-                  image_side: int | None = None) -> dict:
+                  image_side: int | None = None, noise: int = 0) -> dict:
     """Write a ScienceQA-shaped release of `sizes` to out_dir; returns what was written."""
     from PIL import Image
 
-    from svrd.images import png_bytes
     from svrd.sample import FAMILIES, generate
 
     if sizes["train"] + sizes["val"] + sizes["test"] != sizes["problems"]:
@@ -106,7 +123,7 @@ def build_release(out_dir: Path, sizes: dict, seed: int = 0, pool_per_family: in
             rec["image"] = "image.png"
             folder = out_dir / "images" / rec["split"] / pid
             folder.mkdir(parents=True)
-            data = png_bytes(_stamp(img, i + 1))
+            data = _png(_stamp(img, i + 1, noise), 1 if noise else 6)  # the input files' level hardly matters
             (folder / "image.png").write_bytes(data)
             image_bytes += len(data)
             captions[pid] = caption
@@ -120,7 +137,7 @@ def build_release(out_dir: Path, sizes: dict, seed: int = 0, pool_per_family: in
     (out_dir / "captions.json").write_text(json.dumps({"captions": captions}), encoding="utf-8")
     return {
         "problems": n, "images": len(with_image), "splits": {s: len(pid_splits[s]) for s in SPLITS},
-        "image_bytes": image_bytes, "image_side": max(pool[0][2].size), "pool": len(pool),
+        "image_bytes": image_bytes, "image_side": max(pool[0][2].size), "noise": noise, "pool": len(pool),
         "pool_seconds": t_pool, "seconds": time.perf_counter() - t0,
         "problems_json_bytes": (out_dir / "problems.json").stat().st_size,
     }
@@ -152,10 +169,17 @@ def child_main(argv: list[str]) -> int:
     profile = "--profile" in argv
     imports0 = time.perf_counter()
     import svrd.filter  # noqa: F401  (imports are part of the stage; timed apart)
-    import svrd.split  # noqa: F401
+    import svrd.images
     import svrd.sources  # noqa: F401
+    import svrd.split  # noqa: F401
 
     imports_s = time.perf_counter() - imports0
+    level = os.environ.get(PNG_LEVEL_ENV)
+    if level:  # a proposed change, measured without editing svrd: filter's PNG re-encoding at this zlib level
+        def png_bytes(img, _level=int(level)) -> bytes:
+            return _png(img, _level)
+
+        svrd.images.png_bytes = png_bytes
     rss_after_imports = peak_rss_bytes()
     work = (lambda: _child_filter(Path(paths[0]), Path(paths[1]))) if stage == "filter" else \
         (lambda: _child_split(Path(paths[0])))
@@ -180,8 +204,11 @@ def child_main(argv: list[str]) -> int:
     return 0
 
 
-def run_child(args: list[str], profile: bool = False) -> dict:
+def run_child(args: list[str], profile: bool = False, png_level: int | None = None) -> dict:
     env = dict(os.environ, TQDM_DISABLE="1", PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop(PNG_LEVEL_ENV, None)
+    if png_level is not None:
+        env[PNG_LEVEL_ENV] = str(png_level)
     cmd = [sys.executable, "-m", "benchmarks.filter_split_fullsize", "--child", *args] + (["--profile"] if profile else [])
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
@@ -194,20 +221,25 @@ def run_child(args: list[str], profile: bool = False) -> dict:
 
 # ------------------------------------------------------------------------------ the benchmark
 
-def measure(sizes: dict, image_side: int | None = None, profile: bool = False, seed: int = 0,
-            keep: Path | None = None, verbose: bool = True) -> dict:
+def measure(sizes: dict, image_side: int | None = None, noise: int = 0, profile: bool = False, seed: int = 0,
+            keep: Path | None = None, verbose: bool = True, compare_png_level: int | None = None) -> dict:
     say = print if verbose else (lambda *a, **k: None)
     with tempfile.TemporaryDirectory(prefix="svrd-bench-") as tmp:
         base = keep or Path(tmp)
         release, work = base / "release", base / "work"
-        built = build_release(release, sizes, seed=seed, image_side=image_side)
+        built = build_release(release, sizes, seed=seed, image_side=image_side, noise=noise)
         say(f"built the release in {built['seconds']:.1f} s (not measured; drawing the pool of {built['pool']} "
             f"questions: {built['pool_seconds']:.1f} s): {built['problems']} problems "
             f"(train {built['splits']['train']} / val {built['splits']['val']} / test {built['splits']['test']}), "
-            f"{built['images']} images of {built['image_side']} px, {built['image_bytes'] / MIB:.1f} MiB of PNG, "
+            f"{built['images']} images of {built['image_side']} px (noise {built['noise']}), "
+            f"{built['image_bytes'] / MIB:.1f} MiB of PNG ({built['image_bytes'] / max(1, built['images']) / 1024:.0f} KiB "
+            f"each), "
             f"problems.json {built['problems_json_bytes'] / MIB:.1f} MiB", flush=True)
         filt = run_child(["filter", str(release), str(work)], profile)
         split = run_child(["split", str(work)], profile)
+        variant = None
+        if compare_png_level is not None:  # the same release, right after: the two sides of the ratio
+            variant = run_child(["filter", str(release), str(base / "work-variant")], False, compare_png_level)
     wall = filt["process_wall"] + split["process_wall"]
     peak = max(filt["peak_rss"], split["peak_rss"])
     for r in (filt, split):
@@ -217,27 +249,43 @@ def measure(sizes: dict, image_side: int | None = None, profile: bool = False, s
     say(f"  {filt['line']}; filtered table {filt['table_bytes'] / MIB:.1f} MiB; split {split['counts']}")
     say(f"  filter + split: {wall:.1f} s, peak {peak / MIB:.0f} MiB (targets: < {TARGET_SECONDS:.0f} s, "
         f"< {TARGET_BYTES / GIB:.0f} GiB)")
+    if variant is not None:
+        say(f"  variant: filter with PNG compress_level={compare_png_level} (svrd uses Pillow's default, 6): "
+            f"{variant['process_wall']:.1f} s ({filt['process_wall'] / variant['process_wall']:.2f}x faster), "
+            f"peak {variant['peak_rss'] / MIB:.0f} MiB, table {variant['table_bytes'] / MIB:.1f} MiB "
+            f"(vs {filt['table_bytes'] / MIB:.1f} MiB)")
     if profile:
         for r in (filt, split):
             say(f"\n===== cProfile: {r['stage']} =====\n{r['profile']}")
-    return {"built": built, "filter": filt, "split": split, "wall": wall, "peak": peak}
+    return {"built": built, "filter": filt, "split": split, "wall": wall, "peak": peak, "variant": variant}
 
 
-def run(quick: bool = False, image_side: int | None = None, profile: bool = False) -> list[dict]:
+def run(quick: bool = False, image_side: int | None = None, noise: int = 0, profile: bool = False,
+        compare_png_level: int | None = None) -> list[dict]:
     sizes = QUICK if quick else FULL
-    m = measure(sizes, image_side=image_side, profile=profile)
+    m = measure(sizes, image_side=image_side, noise=noise, profile=profile, compare_png_level=compare_png_level)
     judged = not quick
-    size = f"{sizes['problems']} problems, {sizes['images']} images of {m['built']['image_side']} px"
+    b = m["built"]
+    size = (f"{sizes['problems']} problems, {sizes['images']} images of {b['image_side']} px, "
+            f"{b['image_bytes'] / max(1, b['images']) / 1024:.0f} KiB")
     note = (f"{'QUICK ' if quick else ''}{size}; filter {m['filter']['process_wall']:.1f} s + split "
             f"{m['split']['process_wall']:.1f} s")
     mem_note = (f"{'QUICK ' if quick else ''}{size}; filter {m['filter']['peak_rss'] / MIB:.0f} MiB, "
                 f"split {m['split']['peak_rss'] / MIB:.0f} MiB")
-    return [
+    rows = [
         row("filter_split.wall", round(m["wall"], 2), TARGET_SECONDS, round(m["wall"] / TARGET_SECONDS, 3),
             f"< {TARGET_SECONDS:.0f} s", "s", note, (m["wall"] < TARGET_SECONDS) if judged else None),
         row("filter_split.peak_rss", round(m["peak"] / MIB, 1), TARGET_BYTES / MIB, round(m["peak"] / TARGET_BYTES, 3),
             f"< {TARGET_BYTES / GIB:.0f} GiB", "MiB", mem_note, (m["peak"] < TARGET_BYTES) if judged else None),
     ]
+    v = m["variant"]
+    if v is not None:
+        rows.append(row(f"filter.png_level_{compare_png_level}", round(v["process_wall"], 2),
+                        round(m["filter"]["process_wall"], 2), round(m["filter"]["process_wall"] / v["process_wall"], 2),
+                        "speed-up (proposal)", "s",
+                        f"filter alone, PNG level {compare_png_level} vs 6; table "
+                        f"{v['table_bytes'] / MIB:.0f} vs {m['filter']['table_bytes'] / MIB:.0f} MiB"))
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -248,11 +296,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help=f"{QUICK['problems']} problems (a smoke run)")
     parser.add_argument("--image-side", type=int, default=None,
                         help="scale the drawn images to this many pixels on their long side (default: as drawn)")
+    parser.add_argument("--noise", type=int, default=0,
+                        help="add +-N levels of seeded noise per pixel: photo-like PNG sizes "
+                             "(320 px with noise 3: ~125 KiB an image; default 0: flat drawings, ~2 KiB)")
+    parser.add_argument("--compare-png-level", type=int, default=None, metavar="LEVEL",
+                        help="also time filter with its PNG re-encoding at this zlib level (a proposal), same run")
     parser.add_argument("--profile", action="store_true", help="cProfile each stage and print the top functions")
     parser.add_argument("--json", action="store_true", help=f"also print one line '{ROWS_MARKER.strip()} <json>'")
     args = parser.parse_args(argv)
     print(machine_line(), flush=True)
-    rows = run(args.quick, args.image_side, args.profile)
+    rows = run(args.quick, args.image_side, args.noise, args.profile, args.compare_png_level)
     print(format_table(rows))
     print(machine_line())  # the load may have changed while it ran
     if args.json:

@@ -38,7 +38,7 @@ MISSING_VLLM = ("infer.engine=vllm needs the vllm extra on a CUDA machine: pip i
 def _import_vllm():
     try:
         from vllm import LLM, SamplingParams
-    except ImportError as exc:  # not installed, or installed without its compiled parts / CUDA
+    except (ImportError, OSError, RuntimeError) as exc:  # not installed; no CUDA or compiled parts
         raise SvrdError(f"{MISSING_VLLM} ({type(exc).__name__}: {exc})") from None
     return LLM, SamplingParams
 

@@ -23,6 +23,9 @@ FAST_PARAMS = {
     "train.save_steps": 0,
     "infer.max_new_tokens": 24,
     "infer.batch_size": 16,
+    "prefer.max_questions": 6,
+    "prefer.samples": 2,
+    "prefer.max_new_tokens": 24,
 }
 
 
@@ -67,6 +70,9 @@ def run_env(tmp: Path) -> dict:
     env["TRANSFORMERS_OFFLINE"] = "1"
     env["DVC_NO_ANALYTICS"] = "1"
     env["TQDM_MININTERVAL"] = "5"
+    # pytest -n 2 shares two cores: one thread per process avoids oversubscription, which
+    # slows a tiny model's matmuls by an order of magnitude.
+    env["OMP_NUM_THREADS"] = "1"
     return env
 
 

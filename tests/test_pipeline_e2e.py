@@ -11,7 +11,9 @@ from project_copy import run
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("pipeline")]
 
-STAGES = ["sample", "filter", "split", "tiny_student", "teach", "distill", "infer@base", "infer@distilled", "score"]
+STAGES = ["sample", "filter", "split", "tiny_student", "teach", "distill", "prefer",
+          "infer@base", "infer@distilled", "infer@preferred", "score"]
+MODELS = ("base", "distilled", "preferred")
 
 
 def ran_stages(output: str) -> list[str]:
@@ -31,11 +33,11 @@ def test_repro_runs_every_stage_and_writes_the_artifacts(pipeline_run):
     rationales = pq.read_table(project / "data/teach/rationales.parquet").to_pylist()
     assert {r["pid"] for r in rationales} == splits["train"] | splits["val"]
     assert all(r["raw"].startswith("<SUMMARY>") and r["correct"] for r in rationales)
-    for name in ("base", "distilled"):
+    for name in MODELS:
         preds = pq.read_table(project / f"data/infer/{name}/predictions.parquet").to_pylist()
         assert [p["pid"] for p in preds] == pq.read_table(project / "data/split/test.parquet").column("pid").to_pylist()
     scores = json.loads((project / "metrics/scores.json").read_text())
-    assert set(scores) == {"base", "distilled"}
+    assert set(scores) == set(MODELS)
     assert scores["distilled"]["all"]["total"] == len(splits["test"])
     report = (project / "metrics/report.md").read_text()
     assert "GEO" in report and "distilled" in report and "base" in report
@@ -44,12 +46,12 @@ def test_repro_runs_every_stage_and_writes_the_artifacts(pipeline_run):
     assert "up to date" in status
 
 
-def test_exp_run_lr_reruns_only_distill_infer_score(pipeline_run):
+def test_exp_run_lr_reruns_only_what_depends_on_training(pipeline_run):
     project, env = pipeline_run["project"], pipeline_run["env"]
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], project, env)
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline"], project, env)
     out = run(["dvc", "exp", "run", "-S", "train.lr=1.4e-5"], project, env).stdout
-    assert ran_stages(out) == ["distill", "infer@distilled", "score"]
+    assert ran_stages(out) == ["distill", "prefer", "infer@distilled", "infer@preferred", "score"]
     diff = run(["dvc", "params", "diff", "--json"], project, env).stdout
     assert "train.lr" in diff
     show = run(["dvc", "exp", "show", "--json"], project, env).stdout

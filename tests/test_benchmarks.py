@@ -1,0 +1,69 @@
+"""Smoke tests of the benchmark runner (`python -m benchmarks`) and the filter/split benchmark."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks.__main__ import discover, follows_convention, rows_of
+from benchmarks.common import ROW_KEYS, format_table, peak_rss_bytes
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _bench(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "benchmarks", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_help_and_list():
+    proc = _bench("--help")
+    assert proc.returncode == 0, proc.stderr
+    assert "--only" in proc.stdout and "--quick" in proc.stdout and "filter_split_fullsize" in proc.stdout
+    proc = _bench("--list")
+    assert proc.returncode == 0, proc.stderr
+    assert "filter_split_fullsize" in proc.stdout and "run(quick) rows" in proc.stdout
+    proc = _bench("--only", "no_such_benchmark")
+    assert proc.returncode == 2 and "unknown benchmark" in proc.stderr
+
+
+def test_discovery_skips_helpers():
+    names = discover()
+    assert "filter_split_fullsize" in names and not {"common", "__main__", "__init__"} & set(names)
+    assert follows_convention("filter_split_fullsize")
+
+
+def test_filter_split_quick_rows():
+    from benchmarks.filter_split_fullsize import QUICK, run
+
+    rows = run(quick=True)
+    assert [r["name"] for r in rows] == ["filter_split.wall", "filter_split.peak_rss"]
+    for r in rows:
+        assert set(ROW_KEYS) <= set(r)
+        assert r["measured"] > 0 and r["baseline"] > 0 and r["ratio"] == pytest.approx(r["measured"] / r["baseline"],
+                                                                                          rel=0.01)
+        assert r["passed"] is None and r["note"].startswith(f"QUICK {QUICK['problems']} problems")
+    assert "filter_split.wall" in format_table(rows)
+
+
+def test_a_script_outside_the_convention_is_quoted():
+    result = {"name": "legacy", "status": "ok", "rc": 0, "wall": 1.0, "rows": None,
+              "lines": ["warming up", "throughput ratio 32 vs 1: 24.0x median (target >= 20x) -> PASS", "bye"]}
+    (r,) = rows_of(result, quick=False)
+    assert r["passed"] is True and "24.0x" in r["note"]
+    (r,) = rows_of({**result, "status": "failed", "rc": 3, "lines": ["Traceback", "ImportError: x"]}, quick=False)
+    assert r["passed"] is False and "FAILED rc 3" in r["note"] and "ImportError" in r["note"]
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="Linux only")
+def test_peak_memory_of_a_child_is_its_own():
+    """ru_maxrss of a child includes its parent's memory at fork; peak_rss_bytes must not."""
+    code = "from benchmarks.common import peak_rss_bytes; print(peak_rss_bytes())"
+    ballast = bytearray(300 * 1024 * 1024)
+    ballast[::4096] = b"\x01" * len(range(0, len(ballast), 4096))  # touch every page: resident
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    del ballast
+    assert int(out.stdout) < 200 * 1024 * 1024 < peak_rss_bytes()
