@@ -10,6 +10,7 @@ import shutil
 from dvclive import Live
 from svrd.distill import run_fingerprint, save_student, train
 from svrd.examples import build_examples
+from svrd.features import check_params
 from svrd.infer import accuracy_on
 from svrd.io import read_rows, write_json
 from svrd.lora import apply_lora
@@ -22,6 +23,9 @@ from svrd.stage import DISTILLED, LIVE_DISTILL, METRICS, RATIONALES, SPLIT_DIR, 
 def main() -> None:
     params = load_params()
     s, t = params.student, params.train
+    # train.cache_vision_features: exact only while the vision encoder is frozen (svrd.features caches
+    # after the projector when student.freeze_projector, before it otherwise, and re-checks the model).
+    check_params(s, t)
     train_rows = read_rows(SPLIT_DIR / "train.parquet")
     val_rows = read_rows(SPLIT_DIR / "val.parquet")
     rationales = {r["pid"]: r for r in read_rows(RATIONALES)}
@@ -39,11 +43,14 @@ def main() -> None:
         model = apply_lora(model, t.lora, train_projector=not s.freeze_projector)
         counts = freeze(model, vision=s.freeze_vision, projector_too=s.freeze_projector)
 
+    vision_cache = cache_dir() / "features" if t.cache_vision_features else None
+
     checkpoints = cache_dir() / "distill" / run_fingerprint(s.model, {**t.model_dump(), "student": s.model_dump()}, examples)
     eval_rows = val_rows[: t.eval_questions]
     evaluate = (lambda m: accuracy_on(m, processor, eval_rows, t.eval_max_new_tokens)) if eval_rows else None
     with Live(str(LIVE_DISTILL), save_dvc_exp=False, dvcyaml=None) as live:
-        stats = train(model, processor, examples, val_examples, t, str(checkpoints), live, evaluate)
+        stats = train(model, processor, examples, val_examples, t, str(checkpoints), live, evaluate,
+                      vision_cache=vision_cache)
     save_student(model, processor, DISTILLED, merge=t.lora.merge)
     shutil.rmtree(checkpoints, ignore_errors=True)  # finished: checkpoints were only for resuming
     stats.update(counts, trust_remote_code=s.trust_remote_code, image_tokens=tokens["image_tokens"],

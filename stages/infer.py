@@ -1,4 +1,4 @@
-"""infer: batched greedy decoding of the test split by one model of `infer.models`.
+"""infer: batched decoding (greedy, or sampled for self-consistency) of the test split by one model of `infer.models`.
 
     python stages/infer.py distilled
 """
@@ -23,6 +23,10 @@ def main() -> None:
     if stats["mode"] == "likelihood":
         print(f"infer {name}: likelihood answers; the written conclusion differs on {stats['text_differs']} "
               f"and is unparseable on {stats['text_unparseable']}")
+    if stats["mode"] == "self_consistency":
+        print(f"infer {name}: majority of {stats['samples']} sampled chains; {stats['ties']} ties "
+              f"({stats['ties_unresolved']} unresolved), {stats['no_vote']} without a vote, "
+              f"mean agreement {stats['mean_agreement']}")
 
 
 if __name__ == "__main__":

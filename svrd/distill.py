@@ -122,6 +122,7 @@ def training_arguments(cfg, output_dir: str, use_bf16: bool, use_fp16: bool, has
         lr_scheduler_type=cfg.schedule,
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         logging_steps=10,
+        logging_first_step=True,  # every run, however short, has a point on the loss curve
         eval_strategy="epoch" if has_eval else "no",
         save_strategy="steps" if cfg.save_steps else "no",
         save_steps=cfg.save_steps or 500,
@@ -155,11 +156,22 @@ def latest_checkpoint(output_dir: str | Path) -> str | None:
 
 
 def train(model, processor, train_examples: list[Example], val_examples: list[Example], cfg, checkpoint_dir: str,
-          live=None, evaluate_accuracy=None) -> dict:
-    """Train in place; resumes from the newest checkpoint in `checkpoint_dir` if one exists."""
+          live=None, evaluate_accuracy=None, vision_cache: str | Path | None = None) -> dict:
+    """Train in place; resumes from the newest checkpoint in `checkpoint_dir` if one exists.
+
+    `vision_cache` (train.cache_vision_features): a folder of cached frozen vision features
+    (svrd.features); the student then trains on them instead of pixel_values, with the same loss.
+    """
     tok = tokenizer_of(processor)
-    train_ds = TrainingDataset(processor, train_examples, cfg.max_length)
-    val_ds = TrainingDataset(processor, val_examples, cfg.max_length) if val_examples else None
+    feature_hook, feature_stats = None, None
+    if vision_cache is not None:  # cached frozen vision features instead of pixel_values (svrd.features)
+        from svrd.features import prepare
+
+        train_ds, val_ds, feature_hook, feature_stats = prepare(
+            model, processor, train_examples, val_examples, cfg.max_length, vision_cache)
+    else:
+        train_ds = TrainingDataset(processor, train_examples, cfg.max_length)
+        val_ds = TrainingDataset(processor, val_examples, cfg.max_length) if val_examples else None
     collator = CountingCollator(tok.pad_token_id)
     dtype = next(model.parameters()).dtype
     args = training_arguments(cfg, checkpoint_dir, dtype == torch.bfloat16, dtype == torch.float16, val_ds is not None)
@@ -172,8 +184,13 @@ def train(model, processor, train_examples: list[Example], val_examples: list[Ex
     if resume:
         print(f"distill: resuming from {resume}")
     t0 = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=resume)
-    wall = time.perf_counter() - t0
+    try:
+        result = trainer.train(resume_from_checkpoint=resume)
+        wall = time.perf_counter() - t0
+        val_loss = float(trainer.evaluate()["eval_loss"]) if val_ds is not None else None
+    finally:
+        if feature_hook is not None:  # the saved/inferred student takes pixel_values again
+            feature_hook.remove()
     stats = {
         "train_loss": round(float(result.training_loss), 4),
         "steps": int(result.global_step),
@@ -192,8 +209,10 @@ def train(model, processor, train_examples: list[Example], val_examples: list[Ex
         "pad_share": round(collator.pad_tokens / max(1, collator.tokens + collator.pad_tokens), 4),
         "resumed_from": resume,
     }
-    if val_ds is not None:
-        stats["val_loss"] = round(float(trainer.evaluate()["eval_loss"]), 4)
+    if val_loss is not None:
+        stats["val_loss"] = round(val_loss, 4)
+    if feature_stats is not None:
+        stats["vision_cache"] = feature_stats
     return stats
 
 

@@ -191,7 +191,9 @@ class Collator:
                 batch[key] = torch.full((len(features), longest), pad, dtype=torch.long)
                 for i, f in enumerate(features):
                     batch[key][i, :len(f[key])] = f[key]
-        for key in features[0]:
+        # Keys of every example, not just the first (a text-only first example must not drop the
+        # batch's image tensors / cached vision features).
+        for key in dict.fromkeys(k for f in features for k in f):
             if key in ("input_ids", "labels") or key in SEQUENCE_KEYS:
                 continue
             values = [f[key] for f in features if f.get(key) is not None]

@@ -3,7 +3,7 @@
 The published code decoded one question at a time and re-decoded every image on each access;
 here prompts are length-sorted into batches, left-padded, and generated together.
 
-Two answering modes (`infer.mode`):
+Three answering modes (`infer.mode`):
 
 - `generate`: the answer is what the greedy output's conclusion says (`extract_choice`); an
   output that commits to no option is null (unparseable, scored as wrong).
@@ -18,6 +18,17 @@ Two answering modes (`infer.mode`):
   so an option that is a prefix of another, "red" and "red and blue", is not favoured).
   The answer can never be unparseable. `choice_text` keeps what the written conclusion said,
   so the score stage can count right reasoning with a wrong written conclusion.
+- `self_consistency`: besides the greedy output, `infer.samples` chains are sampled per question
+  (temperature `infer.temperature`, no top-k/top-p cut, one `generate()` call per batch with
+  `num_return_sequences`, seeded per batch from `infer.seed` and the batch's pids, so a fixed seed
+  and batch size give the same rows) and the answer is their majority vote (`majority_vote`):
+  a chain votes for the option its conclusion commits to (`extract_choice`); unparseable chains do
+  not vote; no vote at all gives null (unparseable, scored as wrong); a tie between the most voted
+  options goes to the greedy output's answer when it is one of them, else null. The greedy output
+  casts no vote of its own. `raw` is the first sampled chain that voted for the answer (the first
+  sampled chain when the answer is null), `choice_text` its own parse (equal to `choice` unless the
+  answer is null), `votes` each option's vote count (a JSON list, one count per option), and
+  `new_tokens` every token generated for the question (greedy output and samples).
 
 Left padding is safe: generation (and the likelihood pass, which builds its position ids the
 way `generate` does, from the attention mask) gives the same tokens at any batch size; see
@@ -39,7 +50,7 @@ from svrd.images import open_png
 from svrd.rationale import TAG_RE
 from svrd.records import LETTERS
 
-MODES = ("generate", "likelihood")
+MODES = ("generate", "likelihood", "self_consistency")
 LIKELIHOOD_ANSWERS = ("letter", "letter_text", "text")
 CONCLUSION_TAG = "<CONCLUSION>"
 CLOSING_TAG = "</CONCLUSION>"
@@ -48,12 +59,14 @@ PREDICTION_SCHEMA = pa.schema(
     [
         ("pid", pa.string()),
         ("model", pa.string()),
-        ("mode", pa.string()),  # generate | likelihood
-        ("raw", pa.string()),  # the greedy output, special tokens removed
-        ("choice", pa.int64()),  # the scored answer: generate: = choice_text; likelihood: the most probable option
-        ("choice_text", pa.int64()),  # what the written output commits to (extract_choice); null when nothing
-        ("option_logprobs", pa.list_(pa.float64())),  # likelihood: each option's log-probability; null in generate
-        ("new_tokens", pa.int64()),
+        ("mode", pa.string()),  # generate | likelihood | self_consistency
+        ("raw", pa.string()),  # the greedy output (self_consistency: the first sampled chain voting for choice), special tokens removed
+        ("choice", pa.int64()),  # the scored answer: generate: = choice_text; likelihood: the most probable option;
+                                 # self_consistency: the majority vote
+        ("choice_text", pa.int64()),  # what `raw` commits to (extract_choice); null when nothing
+        ("option_logprobs", pa.list_(pa.float64())),  # likelihood: each option's log-probability; null otherwise
+        ("votes", pa.string()),  # self_consistency: JSON list, each option's vote count; null otherwise
+        ("new_tokens", pa.int64()),  # self_consistency: greedy output and all samples together
         ("seconds", pa.float64()),  # this question's share of its batch's wall time
     ]
 )
@@ -222,11 +235,53 @@ def score_continuations(model, processor, inputs: dict, prefixes: list[list[int]
     return scores
 
 
-def answer_batch(model, processor, examples: list[Example], choices: list[list[str]], max_new_tokens: int,
-                 mode: str = "generate", likelihood_answer: str = "letter", min_new_tokens: int = 0) -> list[dict]:
-    """One batch: greedy outputs, and in likelihood mode the options' log-probabilities.
+# ---------------------------------------------------------------- self-consistency answering
 
-    Returns per example {"raw", "choice", "choice_text", "option_logprobs", "new_tokens"}.
+def majority_vote(parses: list[int | None], n_options: int, greedy: int | None = None) -> tuple[int | None, list[int], bool]:
+    """The majority answer of sampled chains' parsed choices: (choice, votes per option, tied).
+
+    Unparseable chains (None) do not vote; with no vote the choice is None. When several options
+    share the most votes (`tied`), the greedy output's answer wins if it is one of them, else None.
+    """
+    votes = [0] * n_options
+    for p in parses:
+        if p is not None and 0 <= p < n_options:
+            votes[p] += 1
+    top = max(votes, default=0)
+    if top == 0:
+        return None, votes, False
+    leaders = [k for k, v in enumerate(votes) if v == top]
+    if len(leaders) == 1:
+        return leaders[0], votes, False
+    return (greedy if greedy in leaders else None), votes, True
+
+
+def _self_consistency_rows(model, processor, examples: list[Example], choices: list[list[str]], rows: list[dict],
+                           max_new_tokens: int, samples: int, temperature: float, seed: int,
+                           min_new_tokens: int) -> None:
+    """Replace each greedy row's answer by the majority vote of `samples` sampled chains (in place)."""
+    import json
+
+    from svrd.prefer import sample_batch  # svrd.prefer imports this module: import here
+
+    chains = sample_batch(model, processor, examples, samples, temperature, 1.0, max_new_tokens, seed, min_new_tokens)
+    for row, sampled, opts in zip(rows, chains, choices, strict=True):
+        texts = [c["text"].strip() for c in sampled]
+        parses = [extract_choice(t, opts) for t in texts]
+        choice, votes, tied = majority_vote(parses, len(opts), row["choice_text"])
+        first = next((i for i, p in enumerate(parses) if p == choice), 0) if choice is not None else 0
+        row.update(raw=texts[first], choice=choice, choice_text=parses[first], votes=json.dumps(votes),
+                   new_tokens=row["new_tokens"] + sum(c["new_tokens"] for c in sampled), tied=tied)
+
+
+def answer_batch(model, processor, examples: list[Example], choices: list[list[str]], max_new_tokens: int,
+                 mode: str = "generate", likelihood_answer: str = "letter", min_new_tokens: int = 0,
+                 samples: int = 5, temperature: float = 0.7, seed: int = 0) -> list[dict]:
+    """One batch: greedy outputs, in likelihood mode the options' log-probabilities, in
+    self_consistency mode the majority vote of `samples` sampled chains (`majority_vote`).
+
+    Returns per example {"raw", "choice", "choice_text", "option_logprobs", "votes", "new_tokens"}
+    (self_consistency adds "tied", which run_inference counts and drops).
     """
     if mode not in MODES:
         raise ValueError(f"unknown infer.mode {mode!r}; expected one of {MODES}")
@@ -237,7 +292,7 @@ def answer_batch(model, processor, examples: list[Example], choices: list[list[s
     rows = []
     for text, g, opts in zip(texts, generated, choices, strict=True):
         picked = extract_choice(text, opts)
-        rows.append({"raw": text, "choice": picked, "choice_text": picked, "option_logprobs": None,
+        rows.append({"raw": text, "choice": picked, "choice_text": picked, "option_logprobs": None, "votes": None,
                      "new_tokens": len(g)})
     if mode == "likelihood":
         prefixes = [rationale_prefix(tok, g) for g in generated]
@@ -247,6 +302,9 @@ def answer_batch(model, processor, examples: list[Example], choices: list[list[s
         for row, s in zip(rows, scores, strict=True):
             row["option_logprobs"] = [round(x, 6) for x in s]
             row["choice"] = max(range(len(s)), key=lambda k: (s[k], -k))  # ties: the first option
+    if mode == "self_consistency":
+        _self_consistency_rows(model, processor, examples, choices, rows, max_new_tokens, samples, temperature, seed,
+                               min_new_tokens)
     return rows
 
 
@@ -268,12 +326,16 @@ def predict(
     likelihood_answer: str = "letter",
     min_new_tokens: int = 0,
     progress: bool = True,
+    samples: int = 5,
+    temperature: float = 0.7,
+    seed: int = 0,
 ) -> list[dict]:
     """Predict every example; rows (PREDICTION_SCHEMA) in the order of `examples`.
 
     `done` holds rows already finished by an earlier, interrupted run (they are not redone);
     `on_batch` receives each finished batch's rows (to persist them as they arrive).
-    `min_new_tokens` forces a fixed generation length (benchmarks only).
+    `min_new_tokens` forces a fixed generation length (benchmarks only); `samples`, `temperature`
+    and `seed` apply to self_consistency only.
     """
     done = dict(done or {})
     todo = [ex for ex in examples if ex.pid not in done]
@@ -286,7 +348,7 @@ def predict(
             batch = todo[start:start + batch_size]
             t0 = time.perf_counter()
             answers = answer_batch(model, processor, batch, [choices_of[ex.pid] for ex in batch], max_new_tokens,
-                                   mode, likelihood_answer, min_new_tokens)
+                                   mode, likelihood_answer, min_new_tokens, samples, temperature, seed)
             per_item = (time.perf_counter() - t0) / len(batch)
             rows = [{"pid": ex.pid, "model": model_name, "mode": mode, **a, "seconds": per_item}
                     for ex, a in zip(batch, answers, strict=True)]
@@ -398,7 +460,8 @@ def run_inference(params, name: str, test_rows: list[dict]) -> tuple[list[dict],
         t0 = time.perf_counter()
         rows = predict(model, processor, examples_from_rows(test_rows), {r["pid"]: r["choices"] for r in test_rows},
                        name, opts.batch_size, opts.max_new_tokens, done=done, on_batch=persist, mode=opts.mode,
-                       likelihood_answer=opts.likelihood_answer)
+                       likelihood_answer=opts.likelihood_answer, samples=opts.samples,
+                       temperature=opts.temperature, seed=opts.seed)
         wall = time.perf_counter() - t0
     partial.unlink()
     new_tokens = sum(r["new_tokens"] for r in rows)
@@ -420,4 +483,26 @@ def run_inference(params, name: str, test_rows: list[dict]) -> tuple[list[dict],
         # The written conclusion against the likelihood answer (never unparseable itself).
         stats["text_unparseable"] = sum(r["choice_text"] is None for r in rows)
         stats["text_differs"] = sum(r["choice_text"] != r["choice"] for r in rows)
+    if opts.mode == "self_consistency":
+        stats.update(self_consistency_stats(rows, opts.samples), temperature=opts.temperature, seed=opts.seed)
+    for row in rows:
+        row.pop("tied", None)  # counted above; not a column
     return rows, stats
+
+
+def self_consistency_stats(rows: list[dict], samples: int) -> dict:
+    """ties: questions whose most voted options tied (resolved by the greedy answer or not);
+    ties_unresolved: those left null; no_vote: questions where no sampled chain parsed;
+    mean_agreement: mean over questions of the most voted option's share of all `samples` chains
+    (0 with no vote)."""
+    import json
+
+    tops = [max(json.loads(r["votes"]), default=0) for r in rows]
+    ties = [r for r in rows if r.get("tied")]
+    return {
+        "samples": samples,
+        "ties": len(ties),
+        "ties_unresolved": sum(r["choice"] is None for r in ties),
+        "no_vote": sum(t == 0 for t in tops),
+        "mean_agreement": round(sum(t / samples for t in tops) / len(rows), 4) if rows else 0.0,
+    }

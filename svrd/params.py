@@ -216,6 +216,8 @@ class TrainParams(_Section):
     group_by_length: StrictBool
     precision: Literal["auto", "fp32", "bf16", "fp16"]
     gradient_checkpointing: StrictBool
+    # frozen vision features computed once and reused across epochs/sweeps (svrd.features); needs student.freeze_vision
+    cache_vision_features: StrictBool = False
     save_steps: NonNegInt  # checkpoint every N optimizer steps; 0: no checkpoints (no resume)
     seed: Seed
     eval_questions: NonNegInt  # validation questions answered after each epoch; 0: off
@@ -287,8 +289,11 @@ class InferParams(_Section):
     models: Annotated[dict[Name, InferModelParams], Field(min_length=1)]
     batch_size: PosInt
     max_new_tokens: PosInt
-    mode: Literal["generate", "likelihood"]
+    mode: Literal["generate", "likelihood", "self_consistency"]  # svrd.infer.MODES
     likelihood_answer: Literal["letter", "letter_text", "text"]  # svrd.infer.LIKELIHOOD_ANSWERS
+    samples: PosInt  # self_consistency: sampled chains per question (the votes)
+    temperature: PosFloat  # self_consistency: sampling temperature (0 would be greedy: identical chains)
+    seed: Seed  # self_consistency: sampling seed (with the batch's pids)
 
 
 class Params(_Section):

@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.__main__ import discover, follows_convention, rows_of
-from benchmarks.common import ROW_KEYS, format_table, peak_rss_bytes
-
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # benchmarks/ is a folder of the repository, not an installed package
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.__main__ import discover, follows_convention, rows_of  # noqa: E402
+from benchmarks.common import ROW_KEYS, format_table, peak_rss_bytes  # noqa: E402
 
 
 def _bench(*args: str) -> subprocess.CompletedProcess:
@@ -43,8 +45,8 @@ def test_filter_split_quick_rows():
     assert [r["name"] for r in rows] == ["filter_split.wall", "filter_split.peak_rss"]
     for r in rows:
         assert set(ROW_KEYS) <= set(r)
-        assert r["measured"] > 0 and r["baseline"] > 0 and r["ratio"] == pytest.approx(r["measured"] / r["baseline"],
-                                                                                          rel=0.01)
+        assert r["measured"] > 0 and r["baseline"] > 0
+        assert r["ratio"] == pytest.approx(r["measured"] / r["baseline"], abs=1e-3)  # a share of the budget
         assert r["passed"] is None and r["note"].startswith(f"QUICK {QUICK['problems']} problems")
     assert "filter_split.wall" in format_table(rows)
 
