@@ -9,7 +9,7 @@ touch another's, and a script that is broken or still being written fails alone)
   `python -m benchmarks --child NAME [--quick]`, which calls `run(quick)` and hands its rows back;
 - any other script runs as `python -m benchmarks.NAME`, given `--quick` only when its source
   mentions that flag; its output is shown under a heading and its table row quotes the last
-  line that states a ratio or a speed-up (and PASS/FAIL when that line says so).
+  two lines that state a ratio or a speed-up (and PASS/FAIL when they say so).
 
 Every child's output streams as it comes. A total `--budget` (seconds, default 600) is shared:
 each script may use what the ones before it left (at most `--timeout` each); a script past its
@@ -32,7 +32,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 NOT_BENCHMARKS = {"__init__", "__main__", "common"}
-RATIO_LINE = re.compile(r"ratio|speed-?up|\d(?:\.\d+)?x\b", re.IGNORECASE)
+RATIO_LINE = re.compile(r"\bratio\b|speed-?up", re.IGNORECASE)  # what a script's summary line says
+TIMES_LINE = re.compile(r"\d(?:\.\d+)?x\b")  # a fallback: any "5.6x"
 
 
 def discover() -> list[str]:
@@ -126,10 +127,11 @@ def rows_of(result: dict, quick: bool) -> list[dict]:
     if result["status"] != "ok":
         last = next((ln.strip() for ln in reversed(output) if ln.strip()), "")
         return [row(result["name"], None, None, None, "-", "-", f"FAILED rc {result['rc']}: {last[:120]}", False)]
-    said = next((ln.strip() for ln in reversed(output) if RATIO_LINE.search(ln)), "see its output above")
+    said = " | ".join([ln.strip() for ln in output if RATIO_LINE.search(ln)][-2:]) or next(
+        (ln.strip() for ln in reversed(output) if TIMES_LINE.search(ln)), "see its output above")
     passed = True if "PASS" in said else False if "FAIL" in said else None
     flag = "" if (not quick or takes_quick(result["name"])) else " (no --quick: full run)"
-    return [row(result["name"], None, None, None, "-", "-", f"{said[:140]}{flag}", passed)]
+    return [row(result["name"], None, None, None, "-", "-", f"{said[:160]}{flag}", passed)]
 
 
 def main(argv: list[str] | None = None) -> int:

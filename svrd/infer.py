@@ -446,9 +446,11 @@ def run_inference(params, name: str, test_rows: list[dict]) -> tuple[list[dict],
     device = pick_device()
     partial = cache_dir() / "infer" / f"{name}-{_fingerprint(path, params, [r['pid'] for r in test_rows])}.jsonl"
     done = load_partial(partial)
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    if opts.engine == "vllm":
+        return _run_vllm(path, name, test_rows, opts, trust, partial, done)
     model = load_model(path, trust, pick_dtype("auto", device)).to(device)
     processor = load_processor(path, trust)
-    partial.parent.mkdir(parents=True, exist_ok=True)
 
     with open(partial, "a", encoding="utf-8") as log:
         def persist(rows: list[dict]) -> None:
@@ -464,21 +466,7 @@ def run_inference(params, name: str, test_rows: list[dict]) -> tuple[list[dict],
                        temperature=opts.temperature, seed=opts.seed)
         wall = time.perf_counter() - t0
     partial.unlink()
-    new_tokens = sum(r["new_tokens"] for r in rows)
-    gen_seconds = sum(r["seconds"] for r in rows)
-    stats = {
-        "model": path,
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "questions": len(rows),
-        "resumed": len(done),
-        "wall_s": round(wall, 2),
-        "generate_s": round(gen_seconds, 2),
-        "questions_per_s": round(len(rows) / gen_seconds, 2) if gen_seconds else 0.0,
-        "tokens_per_s": round(new_tokens / gen_seconds, 1) if gen_seconds else 0.0,
-        "unparseable": sum(r["choice"] is None for r in rows),
-        "batch_size": opts.batch_size,
-        "mode": opts.mode,
-    }
+    stats = _timing_stats(rows, path, sum(p.numel() for p in model.parameters()), len(done), wall, opts)
     if opts.mode == "likelihood":
         # The written conclusion against the likelihood answer (never unparseable itself).
         stats["text_unparseable"] = sum(r["choice_text"] is None for r in rows)
@@ -488,6 +476,66 @@ def run_inference(params, name: str, test_rows: list[dict]) -> tuple[list[dict],
     for row in rows:
         row.pop("tied", None)  # counted above; not a column
     return rows, stats
+
+
+def _timing_stats(rows: list[dict], path: str, parameters: int, resumed: int, wall: float, opts) -> dict:
+    new_tokens = sum(r["new_tokens"] for r in rows)
+    gen_seconds = sum(r["seconds"] for r in rows)
+    return {
+        "model": path,
+        "parameters": parameters,
+        "questions": len(rows),
+        "resumed": resumed,
+        "wall_s": round(wall, 2),
+        "generate_s": round(gen_seconds, 2),
+        "questions_per_s": round(len(rows) / gen_seconds, 2) if gen_seconds else 0.0,
+        "tokens_per_s": round(new_tokens / gen_seconds, 1) if gen_seconds else 0.0,
+        "unparseable": sum(r["choice"] is None for r in rows),
+        "batch_size": opts.batch_size,
+        "mode": opts.mode,
+        "engine": opts.engine,
+    }
+
+
+def _run_vllm(path: str, name: str, test_rows: list[dict], opts, trust: bool, partial, done: dict):
+    """infer.engine=vllm: the same rows from vLLM's scheduler (GPU only, greedy)."""
+    import json
+    import os
+
+    from svrd.vllm_engine import predict_vllm
+
+    with open(partial, "a", encoding="utf-8") as log:
+        def persist(rows: list[dict]) -> None:
+            for row in rows:
+                log.write(json.dumps(row) + "\n")
+            log.flush()
+            os.fsync(log.fileno())
+
+        t0 = time.perf_counter()
+        rows = predict_vllm(path, examples_from_rows(test_rows), {r["pid"]: r["choices"] for r in test_rows}, name,
+                            opts.max_new_tokens, trust, done=done, on_batch=persist)
+        wall = time.perf_counter() - t0
+    partial.unlink()
+    # vLLM holds the weights in its own process: count them from the safetensors headers instead.
+    return rows, _timing_stats(rows, path, parameters_on_disk(path), len(done), wall, opts)
+
+
+def parameters_on_disk(path: str) -> int:
+    """Parameter count of a local model folder from its safetensors headers (0 when not local)."""
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    total = 0
+    for file in sorted(Path(path).glob("*.safetensors")) if Path(path).is_dir() else []:
+        with safe_open(str(file), framework="pt") as fh:
+            for key in fh.keys():
+                shape = fh.get_slice(key).get_shape()
+                n = 1
+                for dim in shape:
+                    n *= dim
+                total += n
+    return total
 
 
 def self_consistency_stats(rows: list[dict], samples: int) -> dict:

@@ -294,6 +294,13 @@ class InferParams(_Section):
     samples: PosInt  # self_consistency: sampled chains per question (the votes)
     temperature: PosFloat  # self_consistency: sampling temperature (0 would be greedy: identical chains)
     seed: Seed  # self_consistency: sampling seed (with the batch's pids)
+    engine: Literal["hf", "vllm"]  # vllm: GPU only, generate mode only (svrd.vllm_engine)
+
+    @model_validator(mode="after")
+    def _engine_mode(self) -> InferParams:
+        if self.engine == "vllm" and self.mode != "generate":
+            raise ValueError(f"infer.engine: vllm decodes greedily only; infer.mode {self.mode!r} needs engine hf")
+        return self
 
 
 class Params(_Section):

@@ -212,3 +212,27 @@ def test_a_lora_adapter_folder_is_refused(monkeypatch, tmp_path):
     with pytest.raises(SvrdError, match="LoRA adapter"):
         predict_vllm(str(tmp_path), [Example("1", None, "q")], {"1": ["a", "b"]}, "m", 8)
     assert fake.inits == []
+
+
+def test_infer_stage_routes_engine_vllm_through_predict_vllm(tiny, monkeypatch, tmp_path):
+    """run_inference with infer.engine=vllm: vLLM's rows, the usual stats, resume log removed."""
+    from svrd.infer import PREDICTION_SCHEMA, run_inference
+    from svrd.params import load_params
+
+    monkeypatch.setenv("SVRD_CACHE_DIR", str(tmp_path / "cache"))
+    fake = FakeVllm(_scripted(tokenizer_of(tiny["processor"]).eos_token_id))
+    monkeypatch.setitem(sys.modules, "vllm", fake.module())
+    params = load_params().with_overrides({"infer.engine": "vllm", "infer.models.distilled.path": tiny["path"]})
+    rows, stats = run_inference(params, "distilled", tiny["rows"][:3])
+
+    assert [r["pid"] for r in rows] == [r["pid"] for r in tiny["rows"][:3]]
+    assert set(rows[0]) == set(PREDICTION_SCHEMA.names)
+    assert stats["engine"] == "vllm" and stats["questions"] == 3 and stats["parameters"] > 0
+    assert len(fake.calls) == 1 and not list((tmp_path / "cache" / "infer").glob("*.jsonl"))
+
+
+def test_engine_vllm_refuses_modes_it_cannot_run():
+    from svrd.params import ParamsError, load_params
+
+    with pytest.raises(ParamsError, match="engine hf"):
+        load_params().with_overrides({"infer.engine": "vllm", "infer.mode": "likelihood"})
