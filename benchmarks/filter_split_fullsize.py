@@ -14,9 +14,8 @@
    Building is not measured (its time is printed apart).
 2. Runs what `dvc repro filter split` runs, each stage in a fresh child process as DVC does:
    filter (svrd.filter.filter_records over svrd.sources.iter_release, images only, every record
-   validated and its image normalized to RGB PNG) and split (read the filtered table,
-   svrd.split.split_table official, svrd.split.write_splits, with no max_* caps: the largest
-   output). Wall time is each child's whole life (interpreter start and imports included, as a
+   validated and its image normalized to RGB PNG) and split (svrd.split.split_file official,
+   streaming batch by batch, with no max_* caps: the largest output). Wall time is each child's whole life (interpreter start and imports included, as a
    stage pays them); peak memory is each child's own ru_maxrss.
 
 Targets (2 cores): filter + split under 2 minutes and under 2 GiB peak. `--profile` runs each
@@ -156,11 +155,9 @@ def _child_filter(release: Path, work: Path) -> dict:
 
 
 def _child_split(work: Path) -> dict:
-    from svrd.io import read_table
-    from svrd.split import split_table, write_splits
+    from svrd.split import split_file
 
-    parts = split_table(read_table(work / "filtered.parquet"), "official")
-    return {"counts": write_splits(parts, work / "split")}
+    return {"counts": split_file(work / "filtered.parquet", work / "split", "official")}
 
 
 def child_main(argv: list[str]) -> int:

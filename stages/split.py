@@ -3,17 +3,16 @@
     python stages/split.py
 """
 
-from svrd.io import read_table, write_json
+from svrd.io import write_json
 from svrd.params import load_params
-from svrd.split import split_table, write_splits
+from svrd.split import split_file
 from svrd.stage import FILTERED, METRICS, SPLIT_DIR, run
 
 
 def main() -> None:
     p = load_params().split
-    parts = split_table(read_table(FILTERED), p.strategy, tuple(p.fractions), p.seed,
+    counts = split_file(FILTERED, SPLIT_DIR, p.strategy, tuple(p.fractions), p.seed,
                         p.max_train, p.max_val, p.max_test)
-    counts = write_splits(parts, SPLIT_DIR)
     write_json(METRICS / "split.json", counts)
     print("split: " + " / ".join(f"{k} {v}" for k, v in counts.items()) + f" ({p.strategy})")
 

@@ -7,14 +7,16 @@ trained on the first 2000).
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from svrd.errors import LeakageError, SvrdError
-from svrd.io import read_table, write_table
+from svrd.io import atomic_path, read_table, write_table
 
 SPLITS = ("train", "val", "test")
 
@@ -49,6 +51,30 @@ def assign_stratified(table: pa.Table, fractions: tuple[float, float, float], se
     return assigned
 
 
+def assign_splits(meta: pa.Table, strategy: str, fractions: tuple[float, float, float], seed: int) -> list[str]:
+    """The split of every row of `meta` (which needs the `split` and `topic` columns)."""
+    if strategy == "official":
+        assigned = meta.column("split").to_pylist()
+        unknown = sorted({str(s) for s in assigned if s not in SPLITS})
+        if unknown:
+            raise SvrdError(f"split: official split names must be train/val/test, found {unknown}")
+        return assigned
+    if strategy == "stratified":
+        return assign_stratified(meta, fractions, seed)
+    raise ValueError(f"unknown split.strategy {strategy!r}")
+
+
+def apply_caps(assigned: list[str], caps: dict[str, int | None]) -> list[str | None]:
+    """Keep the first N of each split in release order ("the first 2000"); None marks a dropped row."""
+    seen = dict.fromkeys(SPLITS, 0)
+    kept: list[str | None] = []
+    for name in assigned:
+        seen[name] += 1
+        cap = caps.get(name)
+        kept.append(name if cap is None or seen[name] <= cap else None)
+    return kept
+
+
 def split_table(
     table: pa.Table,
     strategy: str = "official",
@@ -58,25 +84,52 @@ def split_table(
     max_val: int | None = None,
     max_test: int | None = None,
 ) -> dict[str, pa.Table]:
-    if strategy == "official":
-        assigned = table.column("split").to_pylist()
-        unknown = sorted({str(s) for s in assigned if s not in SPLITS})
-        if unknown:
-            raise SvrdError(f"split: official split names must be train/val/test, found {unknown}")
-    elif strategy == "stratified":
-        assigned = assign_stratified(table, fractions, seed)
-    else:
-        raise ValueError(f"unknown split.strategy {strategy!r}")
-    table = table.set_column(table.schema.get_field_index("split"), "split", pa.array(assigned, pa.string()))
-    caps = {"train": max_train, "val": max_val, "test": max_test}
-    out = {}
-    for name in SPLITS:
-        part = table.filter(pc.equal(table.column("split"), name))
-        if caps[name] is not None:
-            part = part.slice(0, caps[name])  # release order: "the first N"
-        out[name] = part
+    """In memory: the filtered table in, one table per split out."""
+    kept = apply_caps(assign_splits(table, strategy, fractions, seed),
+                      {"train": max_train, "val": max_val, "test": max_test})
+    table = table.set_column(table.schema.get_field_index("split"), "split", pa.array(kept, pa.string()))
+    out = {name: table.filter(pc.equal(table.column("split"), name)) for name in SPLITS}
     check_disjoint({k: v.column("pid").to_pylist() for k, v in out.items()})
     return out
+
+
+def split_file(
+    src: str | Path,
+    out_dir: str | Path,
+    strategy: str = "official",
+    fractions: tuple[float, float, float] = (0.7, 0.1, 0.2),
+    seed: int = 0,
+    max_train: int | None = None,
+    max_val: int | None = None,
+    max_test: int | None = None,
+    batch_rows: int = 256,
+) -> dict[str, int]:
+    """Streaming: decides on the pid/split/topic columns alone, then copies rows batch by batch
+    into the three split files, so peak memory is one batch of images, not the whole table."""
+    meta = pq.read_table(src, columns=["pid", "split", "topic"])
+    kept = apply_caps(assign_splits(meta, strategy, fractions, seed),
+                      {"train": max_train, "val": max_val, "test": max_test})
+    pids = meta.column("pid").to_pylist()
+    check_disjoint({name: [p for p, k in zip(pids, kept, strict=True) if k == name] for name in SPLITS})
+    source = pq.ParquetFile(src)
+    split_index = source.schema_arrow.get_field_index("split")
+    counts = dict.fromkeys(SPLITS, 0)
+    with contextlib.ExitStack() as stack:
+        writers = {}
+        for name in SPLITS:
+            tmp = stack.enter_context(atomic_path(Path(out_dir) / f"{name}.parquet", suffix=".parquet"))
+            writers[name] = stack.enter_context(pq.ParquetWriter(tmp, source.schema_arrow, compression="zstd"))
+        offset = 0
+        for batch in source.iter_batches(batch_size=batch_rows):
+            names = kept[offset:offset + batch.num_rows]
+            offset += batch.num_rows
+            table = pa.Table.from_batches([batch]).set_column(split_index, "split", pa.array(names, pa.string()))
+            for name in SPLITS:
+                part = table.filter(pa.array([n == name for n in names]))
+                if part.num_rows:
+                    writers[name].write_table(part)
+                    counts[name] += part.num_rows
+    return counts
 
 
 def check_disjoint(pids_by_split: dict[str, list[str]]) -> None:

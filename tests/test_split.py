@@ -110,3 +110,20 @@ def test_write_and_read_splits(sample_table, tmp_path):
     counts = write_splits(split_table(sample_table, "official", max_train=10), tmp_path)
     assert counts["train"] == 10
     assert read_split(tmp_path, "train", ["pid"]).num_rows == 10
+
+
+@pytest.mark.parametrize("strategy", ["official", "stratified"])
+def test_streaming_split_file_equals_the_in_memory_split(sample_table, strategy, tmp_path):
+    """The stage streams batch by batch; it must write exactly what split_table computes."""
+    import pyarrow.parquet as pq
+
+    from svrd.split import split_file
+
+    pq.write_table(sample_table, tmp_path / "problems.parquet")
+    caps = dict(max_train=7, max_val=None, max_test=3)
+    counts = split_file(tmp_path / "problems.parquet", tmp_path / "out", strategy, (0.6, 0.2, 0.2), 1,
+                        batch_rows=4, **caps)
+    expected = split_table(sample_table, strategy, (0.6, 0.2, 0.2), 1, **caps)
+    for name, part in expected.items():
+        assert pq.read_table(tmp_path / "out" / f"{name}.parquet").equals(part)
+        assert counts[name] == part.num_rows
