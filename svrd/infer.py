@@ -37,6 +37,9 @@ tests/test_infer.py.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import time
 from collections.abc import Callable
 
@@ -260,7 +263,6 @@ def _self_consistency_rows(model, processor, examples: list[Example], choices: l
                            max_new_tokens: int, samples: int, temperature: float, seed: int,
                            min_new_tokens: int) -> None:
     """Replace each greedy row's answer by the majority vote of `samples` sampled chains (in place)."""
-    import json
 
     from svrd.prefer import sample_batch  # svrd.prefer imports this module: import here
 
@@ -394,7 +396,6 @@ def resolve_model_path(params, name: str) -> str:
 def _fingerprint(model_path: str, params, pids: list[str]) -> str:
     """Identifies an inference run, so partial results are reused only by the same run."""
     import hashlib
-    import json
     from pathlib import Path
 
     h = hashlib.sha256()
@@ -410,7 +411,6 @@ def _fingerprint(model_path: str, params, pids: list[str]) -> str:
 def load_partial(path) -> dict[str, dict]:
     """Rows of a partial predictions log, pid -> row. A last line cut by a kill is dropped and
     cut off the file, so rows appended by the resumed run start on a line of their own."""
-    import json
 
     done: dict[str, dict] = {}
     if not path.exists():
@@ -434,8 +434,6 @@ def load_partial(path) -> dict[str, dict]:
 
 def run_inference(params, name: str, test_rows: list[dict]) -> tuple[list[dict], dict]:
     """Load the model of infer.models[name], predict the test rows, resume from a partial run."""
-    import json
-    import os
 
     from svrd.models import load_model, load_processor, pick_device, pick_dtype
     from svrd.stage import cache_dir
@@ -452,13 +450,7 @@ def run_inference(params, name: str, test_rows: list[dict]) -> tuple[list[dict],
     model = load_model(path, trust, pick_dtype("auto", device)).to(device)
     processor = load_processor(path, trust)
 
-    with open(partial, "a", encoding="utf-8") as log:
-        def persist(rows: list[dict]) -> None:
-            for row in rows:
-                log.write(json.dumps(row) + "\n")
-            log.flush()
-            os.fsync(log.fileno())
-
+    with partial_log(partial) as persist:
         t0 = time.perf_counter()
         rows = predict(model, processor, examples_from_rows(test_rows), {r["pid"]: r["choices"] for r in test_rows},
                        name, opts.batch_size, opts.max_new_tokens, done=done, on_batch=persist, mode=opts.mode,
@@ -476,6 +468,20 @@ def run_inference(params, name: str, test_rows: list[dict]) -> tuple[list[dict],
     for row in rows:
         row.pop("tied", None)  # counted above; not a column
     return rows, stats
+
+
+@contextlib.contextmanager
+def partial_log(path):
+    """Yields `persist(rows)`, which appends finished rows to `path` and fsyncs: a killed run loses
+    at most the batch in flight (load_partial reads the file back)."""
+    with open(path, "a", encoding="utf-8") as log:
+        def persist(rows: list[dict]) -> None:
+            for row in rows:
+                log.write(json.dumps(row) + "\n")
+            log.flush()
+            os.fsync(log.fileno())
+
+        yield persist
 
 
 def _timing_stats(rows: list[dict], path: str, parameters: int, resumed: int, wall: float, opts) -> dict:
@@ -499,18 +505,10 @@ def _timing_stats(rows: list[dict], path: str, parameters: int, resumed: int, wa
 
 def _run_vllm(path: str, name: str, test_rows: list[dict], opts, trust: bool, partial, done: dict):
     """infer.engine=vllm: the same rows from vLLM's scheduler (GPU only, greedy)."""
-    import json
-    import os
 
     from svrd.vllm_engine import predict_vllm
 
-    with open(partial, "a", encoding="utf-8") as log:
-        def persist(rows: list[dict]) -> None:
-            for row in rows:
-                log.write(json.dumps(row) + "\n")
-            log.flush()
-            os.fsync(log.fileno())
-
+    with partial_log(partial) as persist:
         t0 = time.perf_counter()
         rows = predict_vllm(path, examples_from_rows(test_rows), {r["pid"]: r["choices"] for r in test_rows}, name,
                             opts.max_new_tokens, trust, done=done, on_batch=persist)
@@ -543,7 +541,6 @@ def self_consistency_stats(rows: list[dict], samples: int) -> dict:
     ties_unresolved: those left null; no_vote: questions where no sampled chain parsed;
     mean_agreement: mean over questions of the most voted option's share of all `samples` chains
     (0 with no vote)."""
-    import json
 
     tops = [max(json.loads(r["votes"]), default=0) for r in rows]
     ties = [r for r in rows if r.get("tied")]

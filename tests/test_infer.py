@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
+from tiny_models import varied_sample_student
 
 from svrd.examples import tokenizer_of
 from svrd.infer import (
@@ -37,28 +37,7 @@ COMPARED = ("pid", "model", "mode", "raw", "choice", "choice_text", "new_tokens"
 def tiny(tmp_path_factory):
     """20 sample questions and a tiny LLaVA whose weights are re-drawn larger than the default
     init, so greedy outputs differ between questions (an untrained init repeats one token)."""
-    from svrd.filter import clean_record
-    from svrd.models import load_model, load_processor
-    from svrd.prompts import format_question
-    from svrd.sample import generate
-    from svrd.sources import iter_release
-    from svrd.tiny import build_tiny_student
-
-    root = tmp_path_factory.mktemp("infer")
-    generate(root / "release", per_family=4)
-    rows = [clean_record(r, True, 25_000_000) for r in iter_release(root / "release")]
-    build_tiny_student(root / "built", [format_question(r) for r in rows] + [r["solution"] for r in rows],
-                       vocab_size=400, text_layers=2)
-    model, processor = load_model(str(root / "built")), load_processor(str(root / "built"))
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() >= 2:
-                p.normal_(0.0, 0.3 if "embed" in name else 0.08)
-    model.save_pretrained(root / "model")
-    processor.save_pretrained(root / "model")
-    model.eval()
-    return {"root": root, "rows": rows, "model": model, "processor": processor, "path": root / "model"}
+    return varied_sample_student(tmp_path_factory.mktemp("infer"), per_family=4)
 
 
 def _predict(tiny, rows, batch_size, **kw):

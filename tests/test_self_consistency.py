@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from tiny_models import varied_sample_student
 
 import svrd.infer as infer
 import svrd.prefer as prefer
@@ -112,28 +113,7 @@ def test_row_unresolved_tie_and_no_vote_are_null(monkeypatch):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """12 sample questions and a tiny LLaVA with re-drawn (larger) weights, as in tests/test_infer.py."""
-    from svrd.filter import clean_record
-    from svrd.models import load_model, load_processor
-    from svrd.prompts import format_question
-    from svrd.sample import generate
-    from svrd.sources import iter_release
-    from svrd.tiny import build_tiny_student
-
-    root = tmp_path_factory.mktemp("self_consistency")
-    generate(root / "release", per_family=3)
-    rows = [clean_record(r, True, 25_000_000) for r in iter_release(root / "release")][:12]
-    build_tiny_student(root / "built", [format_question(r) for r in rows] + [r["solution"] for r in rows],
-                       vocab_size=400, text_layers=2)
-    model, processor = load_model(str(root / "built")), load_processor(str(root / "built"))
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() >= 2:
-                p.normal_(0.0, 0.3 if "embed" in name else 0.08)
-    model.save_pretrained(root / "model")
-    processor.save_pretrained(root / "model")
-    model.eval()
-    return {"root": root, "rows": rows, "model": model, "processor": processor, "path": root / "model"}
+    return varied_sample_student(tmp_path_factory.mktemp("self_consistency"), per_family=3, max_rows=12)
 
 
 def _sc(tiny, rows, seed=0, samples=4, batch_size=4):

@@ -176,3 +176,32 @@ def corpus(records: list[dict]) -> list[str]:
 
     exs = build_examples(records, fake_rationales(records), "rationale", "letter_text")
     return [ex.prompt + "\n" + ex.target for ex in exs] * 4
+
+
+def varied_sample_student(root: Path, per_family: int, max_rows: int | None = None) -> dict:
+    """Sample questions and a tiny LLaVA whose weights are redrawn larger, so that (unlike an
+    untrained model, which repeats one token) its greedy outputs differ from question to question.
+    Saved to root/model; returns rows, model, processor and path."""
+    import torch
+
+    from svrd.filter import clean_record
+    from svrd.models import load_model, load_processor
+    from svrd.prompts import format_question
+    from svrd.sample import generate
+    from svrd.sources import iter_release
+    from svrd.tiny import build_tiny_student
+
+    generate(root / "release", per_family=per_family)
+    rows = [clean_record(r, True, 25_000_000) for r in iter_release(root / "release")][:max_rows]
+    build_tiny_student(root / "built", [format_question(r) for r in rows] + [r["solution"] for r in rows],
+                       vocab_size=400, text_layers=2)
+    model, processor = load_model(str(root / "built")), load_processor(str(root / "built"))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, 0.3 if "embed" in name else 0.08)
+    model.save_pretrained(root / "model")
+    processor.save_pretrained(root / "model")
+    model.eval()
+    return {"root": root, "rows": rows, "model": model, "processor": processor, "path": root / "model"}
