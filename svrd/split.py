@@ -102,16 +102,15 @@ def split_file(
     max_train: int | None = None,
     max_val: int | None = None,
     max_test: int | None = None,
-    batch_rows: int = 256,
 ) -> dict[str, int]:
     """Streaming: decides on the pid/split/topic columns alone, then copies rows batch by batch
-    into the three split files, so peak memory is one batch of images, not the whole table."""
+    into the three split files, so peak memory is about one row group of images, not the table."""
     meta = pq.read_table(src, columns=["pid", "split", "topic"])
     kept = apply_caps(assign_splits(meta, strategy, fractions, seed),
                       {"train": max_train, "val": max_val, "test": max_test})
     pids = meta.column("pid").to_pylist()
     check_disjoint({name: [p for p, k in zip(pids, kept, strict=True) if k == name] for name in SPLITS})
-    source = pq.ParquetFile(src)
+    source = pq.ParquetFile(src, pre_buffer=False)
     split_index = source.schema_arrow.get_field_index("split")
     counts = dict.fromkeys(SPLITS, 0)
     with contextlib.ExitStack() as stack:
@@ -120,10 +119,13 @@ def split_file(
             tmp = stack.enter_context(atomic_path(Path(out_dir) / f"{name}.parquet", suffix=".parquet"))
             writers[name] = stack.enter_context(pq.ParquetWriter(tmp, source.schema_arrow, compression="zstd"))
         offset = 0
-        for batch in source.iter_batches(batch_size=batch_rows):
-            names = kept[offset:offset + batch.num_rows]
-            offset += batch.num_rows
-            table = pa.Table.from_batches([batch]).set_column(split_index, "split", pa.array(names, pa.string()))
+        # Row group by row group (filter writes one per batch): pyarrow's iter_batches reads ahead
+        # and held about 1.7x the table's size in memory on a 1.4 GiB table.
+        for group in range(source.num_row_groups):
+            table = source.read_row_group(group)
+            names = kept[offset:offset + table.num_rows]
+            offset += table.num_rows
+            table = table.set_column(split_index, "split", pa.array(names, pa.string()))
             for name in SPLITS:
                 part = table.filter(pa.array([n == name for n in names]))
                 if part.num_rows:

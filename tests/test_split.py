@@ -119,10 +119,9 @@ def test_streaming_split_file_equals_the_in_memory_split(sample_table, strategy,
 
     from svrd.split import split_file
 
-    pq.write_table(sample_table, tmp_path / "problems.parquet")
+    pq.write_table(sample_table, tmp_path / "problems.parquet", row_group_size=4)  # several groups
     caps = dict(max_train=7, max_val=None, max_test=3)
-    counts = split_file(tmp_path / "problems.parquet", tmp_path / "out", strategy, (0.6, 0.2, 0.2), 1,
-                        batch_rows=4, **caps)
+    counts = split_file(tmp_path / "problems.parquet", tmp_path / "out", strategy, (0.6, 0.2, 0.2), 1, **caps)
     expected = split_table(sample_table, strategy, (0.6, 0.2, 0.2), 1, **caps)
     for name, part in expected.items():
         assert pq.read_table(tmp_path / "out" / f"{name}.parquet").equals(part)
