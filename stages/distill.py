@@ -3,6 +3,7 @@ loss on target tokens only). Resumes from its last checkpoint when killed.
 
     python stages/distill.py
     dvc exp run -S train.lr=1.4e-5
+    accelerate launch --num_processes 4 stages/distill.py    # DDP on 4 GPUs (FSDP: accelerate config)
 """
 
 import shutil
@@ -17,7 +18,16 @@ from svrd.lora import apply_lora
 from svrd.models import apply_image_tokens, freeze, load_model, load_processor, pick_device, pick_dtype
 from svrd.params import load_params
 from svrd.split import refuse_test_pids
-from svrd.stage import DISTILLED, LIVE_DISTILL, METRICS, RATIONALES, SPLIT_DIR, cache_dir, run
+from svrd.stage import (
+    DISTILLED,
+    LIVE_DISTILL,
+    METRICS,
+    RATIONALES,
+    SPLIT_DIR,
+    cache_dir,
+    is_main_process,
+    run,
+)
 
 
 def main() -> None:
@@ -48,6 +58,9 @@ def main() -> None:
     checkpoints = cache_dir() / "distill" / run_fingerprint(s.model, {**t.model_dump(), "student": s.model_dump()}, examples)
     eval_rows = val_rows[: t.eval_questions]
     evaluate = (lambda m: accuracy_on(m, processor, eval_rows, t.eval_max_new_tokens)) if eval_rows else None
+    if not is_main_process():  # `accelerate launch`: every rank trains, rank 0 alone logs and saves
+        train(model, processor, examples, val_examples, t, str(checkpoints), None, None, vision_cache=vision_cache)
+        return
     with Live(str(LIVE_DISTILL), save_dvc_exp=False, dvcyaml=None) as live:
         stats = train(model, processor, examples, val_examples, t, str(checkpoints), live, evaluate,
                       vision_cache=vision_cache)

@@ -32,6 +32,11 @@ def cache_dir() -> Path:
     return Path(os.environ.get("SVRD_CACHE_DIR", ".svrd_cache"))
 
 
+def is_main_process() -> bool:
+    """Rank 0 under `accelerate launch` / torchrun (which set RANK), or a plain single process."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def run(main: Callable[[], None]) -> None:
     """Run a stage's main(); a user-facing error prints one clear line and exits 1."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
