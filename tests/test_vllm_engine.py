@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pytest
-import torch
+from tiny_models import varied_sample_student
 
 from svrd.errors import SvrdError
 from svrd.examples import Example, messages_for, tokenizer_of
@@ -67,26 +67,8 @@ class FakeVllm:
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """Sample questions (with images) and a tiny LLaVA whose greedy outputs differ by question."""
-    from svrd.filter import clean_record
-    from svrd.models import load_model, load_processor
-    from svrd.prompts import format_question
-    from svrd.sample import generate
-    from svrd.sources import iter_release
-    from svrd.tiny import build_tiny_student
-
-    root = tmp_path_factory.mktemp("vllm")
-    generate(root / "release", per_family=1)
-    rows = [clean_record(r, True, 25_000_000) for r in iter_release(root / "release")]
-    build_tiny_student(root / "model", [format_question(r) for r in rows] + [r["solution"] for r in rows],
-                       vocab_size=400, text_layers=2)
-    model, processor = load_model(str(root / "model")), load_processor(str(root / "model"))
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() >= 2:
-                p.normal_(0.0, 0.3 if "embed" in name else 0.08)
-    model.eval()
-    return {"root": root, "rows": rows, "model": model, "processor": processor, "path": str(root / "model")}
+    tiny = varied_sample_student(tmp_path_factory.mktemp("vllm"), per_family=1)
+    return {**tiny, "path": str(tiny["path"])}
 
 
 def _choices(rows) -> dict[str, list[str]]:
