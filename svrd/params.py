@@ -130,10 +130,14 @@ class SplitParams(_Section):
         return fractions
 
 
+Url = Annotated[str, Field(pattern=r"^https?://\S+$")]
+
+
 class TeachParams(_Section):
     backend: Literal["reference", "hf", "openai"]
     model: Text | None
-    base_url: Annotated[str, Field(pattern=r"^https?://\S+$")] | None
+    # one OpenAI-compatible server, or a list of data-parallel servers serving the same model
+    base_url: Url | Annotated[list[Url], Field(min_length=1)] | None
     api_key_env: EnvVarName  # the variable's *name*; the key itself never enters params.yaml
     concurrency: Annotated[Int, Field(ge=1, le=1024)]
     batch_size: PosInt

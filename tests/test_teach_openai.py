@@ -148,3 +148,25 @@ def test_changed_prompt_version_or_decoding_misses_the_cache(tmp_path, monkeypat
         monkeypatch.setattr("svrd.teach.run.PROMPT_VERSION", "0123456789ab")
         run(rows, teach_cfg(base_url=server.base_url), tmp_path / "c.sqlite")
         assert len(server.answered()) == 6
+
+
+def test_a_list_of_base_urls_spreads_requests_over_data_parallel_servers(tmp_path):
+    rows = make_problems(8)
+    with FakeTeacher(delay=0.05) as first, FakeTeacher(delay=0.05) as second:
+        cfg = teach_cfg(base_url=[first.base_url, second.base_url], concurrency=4)
+        result = run(rows, cfg, tmp_path / "c.sqlite")
+        assert first.requests and second.requests  # both servers did work
+        assert sorted(first.answered() + second.answered()) == sorted((r["pid"], 0) for r in rows)
+        assert first.max_inflight <= 2 and second.max_inflight <= 2  # concurrency counts all servers
+    assert result.metrics["agreed"] == 8 and len(result.rows) == 8
+
+
+def test_params_accept_one_url_or_a_list():
+    from svrd.params import ParamsError, load_params
+
+    params = load_params()
+    for value in ("http://a:8000/v1", ["http://a:8000/v1", "http://b:8000/v1"]):
+        assert params.with_overrides({"teach.base_url": value}).teach.base_url == value
+    for bad in ([], ["not a url"]):
+        with pytest.raises(ParamsError, match="teach.base_url"):
+            params.with_overrides({"teach.base_url": bad})

@@ -93,11 +93,13 @@ class OpenAIBackend:
         self.requests = 0  # HTTP attempts, retries included
         self.retries = 0
 
-    def _client(self) -> openai.AsyncOpenAI:
+    def _clients(self) -> list[openai.AsyncOpenAI]:
+        """One client per server: teach.base_url is one URL or a list of data-parallel servers
+        (same model on each; the cache key holds no URL, so it does not matter which answers)."""
         key = os.environ.get(self.cfg.api_key_env or "") or "EMPTY"  # local servers need none
-        return openai.AsyncOpenAI(
-            base_url=self.cfg.base_url, api_key=key, timeout=float(self.cfg.timeout_s), max_retries=0
-        )
+        urls = [self.cfg.base_url] if isinstance(self.cfg.base_url, str) else list(self.cfg.base_url)
+        return [openai.AsyncOpenAI(base_url=url, api_key=key, timeout=float(self.cfg.timeout_s), max_retries=0)
+                for url in urls]
 
     def _backoff(self, attempt: int, exc: BaseException) -> float:
         hinted = _retry_after(exc)
@@ -155,14 +157,16 @@ class OpenAIBackend:
     async def _run(self, jobs: list[Job], deliver: Deliver) -> None:
         todo = iter(jobs)  # shared by the workers; the event loop is single-threaded
 
-        async def worker() -> None:
+        async def worker(client: openai.AsyncOpenAI) -> None:
             for job in todo:
                 text = await self._ask(client, job)
                 deliver(job, text)
 
-        client = self._client()
+        clients = self._clients()
         try:
-            workers = [asyncio.ensure_future(worker()) for _ in range(max(1, min(int(self.cfg.concurrency), len(jobs))))]
+            n_workers = max(1, min(int(self.cfg.concurrency), len(jobs)))
+            # Workers are spread over the servers round-robin: concurrency counts all of them.
+            workers = [asyncio.ensure_future(worker(clients[i % len(clients)])) for i in range(n_workers)]
             try:
                 await asyncio.gather(*workers)
             except BaseException:
@@ -171,7 +175,8 @@ class OpenAIBackend:
                 await asyncio.gather(*workers, return_exceptions=True)
                 raise
         finally:
-            await client.close()
+            for client in clients:
+                await client.close()
 
     def generate(self, jobs: list[Job], deliver: Deliver) -> None:
         if jobs:
