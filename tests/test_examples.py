@@ -23,13 +23,7 @@ RATIONALE = {"summary": "S text.", "caption": "C text.", "reasoning": "R text.",
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one intra-op thread is much faster than several on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --- targets ------------------------------------------------------------------------------------

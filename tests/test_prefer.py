@@ -106,14 +106,7 @@ def test_band_filtering():
 
 # ------------------------------------------------------------------------------ tiny students
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared, loaded CPU two OpenMP
-    threads spin against each other (10x slower sampling measured); restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

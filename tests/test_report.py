@@ -1,13 +1,12 @@
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from fixture_data import scienceqa_sample
 
 from svrd import scoring
 from svrd.report import TOPIC_CODES, param_count_label, render_report
 
-SAMPLE = Path(__file__).parent / "fixtures" / "scienceqa-sample"
+SAMPLE = scienceqa_sample()
 
 
 @pytest.mark.parametrize(

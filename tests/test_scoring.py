@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from fixture_data import scienceqa_sample
 
 from svrd import scoring
 from svrd.cli import main
@@ -12,7 +13,7 @@ from svrd.errors import SvrdError
 from svrd.io import read_json, write_json, write_table
 from svrd.records import PROBLEM_SCHEMA
 
-SAMPLE = Path(__file__).parent / "fixtures" / "scienceqa-sample"
+SAMPLE = scienceqa_sample()
 GPT3 = SAMPLE / "gpt3_test_predictions.json"
 
 

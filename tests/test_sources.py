@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from fixture_data import scienceqa_sample
 from PIL import Image
 
 from svrd.errors import RecordError, SvrdError
@@ -17,7 +18,7 @@ from svrd.records import SCIENCEQA_FIELDS
 from svrd.sources import count_release, iter_hf, iter_release
 from svrd.split import split_table
 
-SAMPLE = Path(__file__).parent / "fixtures" / "scienceqa-sample"
+SAMPLE = scienceqa_sample()
 
 
 def png(color=(200, 30, 30), size=(6, 4), mode="RGB") -> bytes:

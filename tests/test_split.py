@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from fixture_data import scienceqa_sample
 
 from svrd.errors import SvrdError
 from svrd.split import assign_stratified, read_split, split_table, write_splits
 
-SAMPLE = Path(__file__).parent / "fixtures" / "scienceqa-sample"
+SAMPLE = scienceqa_sample()
 FRACTIONS = (0.7, 0.1, 0.2)
 
 
