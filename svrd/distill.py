@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from svrd.examples import Collator, Example, TrainingDataset, tokenizer_of
 from svrd.io import atomic_dir
@@ -42,6 +43,26 @@ class CountingCollator(Collator):
         return batch
 
 
+class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
+    """Length-grouped order drawn from (seed, epoch) alone.
+
+    transformers' sampler draws from the global RNG, so a run resumed in epoch 2 replayed
+    epoch 1's order; here the order of epoch e is the same whether the run got there
+    uninterrupted or from a checkpoint, and on every rank. The Trainer calls set_epoch.
+    """
+
+    def __init__(self, batch_size: int, lengths: list[int], seed: int):
+        super().__init__(batch_size, lengths=lengths)
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        self.generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return super().__iter__()
+
+
 class LengthGroupedTrainer(Trainer):
     """Trainer that takes precomputed lengths instead of encoding every example to measure it."""
 
@@ -51,12 +72,30 @@ class LengthGroupedTrainer(Trainer):
 
     def _get_train_sampler(self, train_dataset=None):
         if self.args.train_sampling_strategy == "group_by_length" and self._lengths is not None:
-            from transformers.trainer_pt_utils import LengthGroupedSampler
-
-            return LengthGroupedSampler(
-                self.args.train_batch_size * self.args.gradient_accumulation_steps, lengths=self._lengths
-            )
+            return EpochSeededLengthGroupedSampler(
+                self.args.train_batch_size * self.args.gradient_accumulation_steps, self._lengths,
+                seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed)
         return super()._get_train_sampler(train_dataset)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        """Resume with the weights the checkpoint holds.
+
+        transformers saves checkpoints in the Hub's original key names (for LLaVA,
+        `language_model.model.*`) but Trainer loads them with a non-strict `load_state_dict`
+        that skips that renaming (huggingface/transformers#43701), so a resumed VLM silently
+        went on from its *initial* weights with the optimizer state of step N. We load through
+        `from_pretrained`, the path that renames keys, and copy every tensor in strictly.
+        """
+        from transformers import PreTrainedModel
+
+        model = self.model if model is None else model
+        plain = isinstance(model, PreTrainedModel) and not self.is_fsdp_enabled
+        if not plain or not any(Path(resume_from_checkpoint).glob("model*.safetensors")):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)  # adapters, FSDP shards
+        saved = type(model).from_pretrained(resume_from_checkpoint, dtype=next(model.parameters()).dtype,
+                                            device_map="cpu")
+        model.load_state_dict(saved.state_dict(), strict=True)
+        del saved
 
 
 class LiveCallback(TrainerCallback):
