@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import signal
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from tiny_models import build_llava, corpus, fake_records
 
 from svrd.distill import OPTIMIZERS, latest_checkpoint, run_fingerprint, training_arguments
@@ -90,12 +93,14 @@ def test_latest_checkpoint_skips_one_cut_short(tmp_path):
 # --- resume after SIGKILL ----------------------------------------------------------------------------
 
 # What stages/distill.py does, on the tiny LLaVA and fake records: build examples, load, freeze, train
-# with checkpoints. SLOW makes each batch take a while, so that the kill lands mid-run.
+# with checkpoints every 2 steps over 2 epochs of 4 steps, then write the final weights. SLOW makes
+# each batch take a while, so that the kill lands mid-run.
 RUNNER = """
 import json, os, sys, time
 sys.path.insert(0, {tests!r})
 import torch
 torch.set_num_threads(1)
+from safetensors.torch import save_file
 import svrd.distill as distill
 from svrd.examples import build_examples
 from svrd.models import freeze, load_model, load_processor
@@ -108,58 +113,83 @@ if os.environ.get("SLOW"):
         time.sleep(float(os.environ["SLOW"]))
         return call(self, features)
     distill.CountingCollator.__call__ = slow
+ckpt = sys.argv[1]
 records = fake_records(8)
 examples = build_examples(records, fake_rationales(records), "rationale", "letter")
-cfg = load_params({params!r}).with_overrides({{"train.epochs": 1, "train.batch_size": 1, "train.save_steps": 2,
-    "train.warmup_steps": 0, "train.lr": 1e-3, "train.eval_questions": 0}}).train
+cfg = load_params({params!r}).with_overrides({{"train.epochs": 2, "train.batch_size": 2, "train.save_steps": 2,
+    "train.warmup_steps": 0, "train.lr": 1e-3, "train.eval_questions": 0, "train.group_by_length": True}}).train
 model = load_model({model!r})
 processor = load_processor({model!r})
 freeze(model)
-stats = distill.train(model, processor, examples, [], cfg, {ckpt!r})
+stats = distill.train(model, processor, examples, [], cfg, ckpt)
+save_file({{k: v.detach().clone() for k, v in model.state_dict().items()}}, os.path.join(ckpt, "final.safetensors"))
 print("STATS " + json.dumps(stats))
 """
 
 
-def test_killed_distill_resumes_from_its_last_checkpoint(tmp_path, capsys):
-    model_dir = tmp_path / "student"
+@pytest.fixture(scope="module")
+def resume_setup(tmp_path_factory):
+    """The tiny student, the runner script, and the weights of an uninterrupted run."""
+    root = tmp_path_factory.mktemp("distill_resume")
+    model_dir = root / "student"
     build_llava(model_dir, corpus(fake_records(8)))
-    ckpt = tmp_path / "ckpt"
-    script = tmp_path / "run_distill.py"
-    script.write_text(RUNNER.format(tests=str(TESTS), params=str(TESTS.parent / "params.yaml"),
-                                    model=str(model_dir), ckpt=str(ckpt)))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    script = root / "run_distill.py"
+    script.write_text(RUNNER.format(tests=str(TESTS), params=str(TESTS.parent / "params.yaml"), model=str(model_dir)))
+    reference = root / "uninterrupted"
+    stats = run_in_process(script, reference)
+    assert stats["steps"] == 8 and stats["resumed_from"] is None
+    return script, load_file(reference / "final.safetensors")
 
-    proc = subprocess.Popen([sys.executable, str(script)], env={**env, "SLOW": "0.3"}, cwd=tmp_path,
+
+def run_in_process(script: Path, ckpt: Path) -> dict:
+    """Run the runner here (the import of transformers' Trainer is already paid for); its stats."""
+    out = io.StringIO()
+    threads = torch.get_num_threads()
+    argv = sys.argv
+    try:
+        sys.argv = [str(script), str(ckpt)]
+        with contextlib.redirect_stdout(out):
+            exec(compile(script.read_text(), str(script), "exec"), {"__name__": "rerun"})
+    finally:
+        sys.argv = argv
+        torch.set_num_threads(threads)
+    return json.loads(out.getvalue().split("STATS ", 1)[1].splitlines()[0])
+
+
+# Killed in epoch 1 after its first checkpoint, and in epoch 2 (whose order must not replay epoch 1's).
+@pytest.mark.parametrize("kill_at", [2, 6])
+def test_killed_distill_resumes_to_the_same_weights(resume_setup, tmp_path, kill_at):
+    script, uninterrupted = resume_setup
+    ckpt = tmp_path / "ckpt"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "SLOW": "0.4"}
+    proc = subprocess.Popen([sys.executable, str(script), str(ckpt)], env=env, cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 120
-        while latest_checkpoint(ckpt) is None:
-            assert proc.poll() is None, f"distill ended before its first checkpoint:\n{proc.stdout.read()[-3000:]}"
-            assert time.monotonic() < deadline, "no checkpoint within 120 s"
-            time.sleep(0.05)
+        while (latest := latest_checkpoint(ckpt)) is None or int(latest.rsplit("-", 1)[1]) < kill_at:
+            assert proc.poll() is None, f"distill ended before checkpoint {kill_at}:\n{proc.stdout.read()[-3000:]}"
+            assert time.monotonic() < deadline, f"no checkpoint {kill_at} within 120 s"
+            time.sleep(0.02)
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.kill()
         proc.wait()
     first = latest_checkpoint(ckpt)
     state = json.loads((Path(first) / "trainer_state.json").read_text())
-    assert state["global_step"] < 8, "the kill came after training finished"
+    assert kill_at <= state["global_step"] < 8, "the kill came after training finished"
     assert (Path(first) / "model.safetensors").is_file()  # weights as safetensors, never pickles
     assert not list(Path(first).glob("pytorch_model*.bin"))
+    assert not (ckpt / "final.safetensors").exists()
 
-    # the re-run, in this process (the import of transformers' Trainer is already paid for)
-    namespace = {"__name__": "rerun"}
-    threads = torch.get_num_threads()
-    try:
-        exec(compile(script.read_text(), str(script), "exec"), namespace)
-    finally:
-        torch.set_num_threads(threads)
-    out = capsys.readouterr().out
-    assert f"resuming from {first}" in out
-    stats = json.loads(out.split("STATS ", 1)[1].splitlines()[0])
+    stats = run_in_process(script, ckpt)
     assert stats["resumed_from"] == first
-    assert stats["steps"] == 8  # 8 examples, batch 1, 1 epoch: the same total as an uninterrupted run
-    assert latest_checkpoint(ckpt).endswith("checkpoint-8")
+    assert stats["steps"] == 8  # the same total as the uninterrupted run
+    resumed = load_file(ckpt / "final.safetensors")
+    # Bit for bit: a resume that restarted from the initial weights (transformers#43701) or replayed
+    # the wrong epoch's order ended up to 5e-3 away.
+    assert resumed.keys() == uninterrupted.keys()
+    differ = [k for k in resumed if not torch.equal(resumed[k], uninterrupted[k])]
+    assert not differ, f"{len(differ)} tensors differ from the uninterrupted run, e.g. {differ[:3]}"
 
 
 @pytest.mark.parametrize("value", [0, 3])
