@@ -191,3 +191,26 @@ def test_lora_train_save_and_load(built, data, tmp_path, merge):
     rows = predict(loaded, load_processor(str(out_dir)), examples, {r["pid"]: r["choices"] for r in records},
                    "lora", batch_size=4, max_new_tokens=3)
     assert [r["pid"] for r in rows] == [e.pid for e in examples]
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_checkpoint_weights_come_back_on_resume(family, built, tmp_path):
+    """Trainer checkpoints hold the Hub's key names; resuming must rename them back for every family
+    (transformers#43701: a non-strict load skipped them and training went on from the initial weights)."""
+    from transformers import TrainingArguments
+
+    from svrd.distill import LengthGroupedTrainer
+
+    path = built[family]["path"]
+    trained = load_model(path)
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(torch.randn_like(p))
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    LengthGroupedTrainer(model=trained, args=args)._save(str(tmp_path / "checkpoint-1"))
+
+    fresh = load_model(path)
+    LengthGroupedTrainer(model=fresh, args=args)._load_from_checkpoint(str(tmp_path / "checkpoint-1"))
+    want, got = snapshot(trained), snapshot(fresh)
+    assert want.keys() == got.keys()
+    assert all(torch.equal(want[k], got[k]) for k in want)
