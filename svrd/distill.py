@@ -172,6 +172,9 @@ def training_arguments(cfg, output_dir: str, use_bf16: bool, use_fp16: bool, has
         fp16=use_fp16,
         activation_checkpointing=cfg.gradient_checkpointing,
         dataloader_pin_memory=torch.cuda.is_available(),
+        # On CPU, accelerate forms a gloo process group under torchrun only when told it is CPU
+        # training; otherwise each rank silently trains alone on the whole dataset.
+        use_cpu=not torch.cuda.is_available(),
         remove_unused_columns=False,
         dataloader_num_workers=0,
         report_to="none",
@@ -235,6 +238,7 @@ def train(model, processor, train_examples: list[Example], val_examples: list[Ex
         "steps": int(result.global_step),
         "examples": len(train_examples),
         "effective_batch": cfg.batch_size * cfg.grad_accum * max(1, args.world_size),
+        "processes": max(1, args.world_size),  # data-parallel ranks (torchrun / accelerate launch)
         # Table 3 as run: the optimizer transformers used, its decay, schedule and precision
         "optimizer": args.optim.value if hasattr(args.optim, "value") else str(args.optim),
         "weight_decay": args.weight_decay,
