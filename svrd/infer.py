@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -52,6 +53,8 @@ from svrd.examples import Example, messages_for, tokenizer_of
 from svrd.images import open_png
 from svrd.rationale import TAG_RE
 from svrd.records import LETTERS
+
+log = logging.getLogger(__name__)
 
 MODES = ("generate", "likelihood", "self_consistency")
 LIKELIHOOD_ANSWERS = ("letter", "letter_text", "text")
@@ -403,7 +406,8 @@ def _fingerprint(model_path: str, params, pids: list[str]) -> str:
     files = sorted(local.rglob("*")) if local.is_dir() else []
     # Name, size and mtime of a local model's files: cheap, and changes whenever distill rewrites it.
     h.update(json.dumps([model_path] + [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files if f.is_file()]).encode())
-    h.update(json.dumps({"infer": params.infer.model_dump(exclude={"models"})}, sort_keys=True).encode())
+    h.update(json.dumps({"infer": params.infer.model_dump(exclude={"models"}),
+                         "image_tokens": params.student.image_tokens}, sort_keys=True).encode())
     h.update("\n".join(pids).encode())
     return h.hexdigest()[:16]
 
@@ -435,7 +439,14 @@ def load_partial(path) -> dict[str, dict]:
 def run_inference(params, name: str, test_rows: list[dict]) -> tuple[list[dict], dict]:
     """Load the model of infer.models[name], predict the test rows, resume from a partial run."""
 
-    from svrd.models import load_model, load_processor, pick_device, pick_dtype
+    from svrd.models import (
+        apply_image_tokens,
+        count_image_tokens,
+        load_model,
+        load_processor,
+        pick_device,
+        pick_dtype,
+    )
     from svrd.stage import cache_dir
 
     path = resolve_model_path(params, name)
@@ -446,9 +457,17 @@ def run_inference(params, name: str, test_rows: list[dict]) -> tuple[list[dict],
     done = load_partial(partial)
     partial.parent.mkdir(parents=True, exist_ok=True)
     if opts.engine == "vllm":
+        if params.infer.models[name].path == "student.model":
+            log.warning("infer.engine=vllm runs %s with the processor as saved: student.image_tokens is applied to "
+                        "the untrained student only by the transformers engine", path)
         return _run_vllm(path, name, test_rows, opts, trust, partial, done)
     model = load_model(path, trust, pick_dtype("auto", device)).to(device)
     processor = load_processor(path, trust)
+    image_tokens = None
+    if params.infer.models[name].path == "student.model":
+        # The untrained student sees images at the resolution distill trains at (a trained student's
+        # saved processor already carries it), so base and distilled differ only in training.
+        image_tokens = apply_image_tokens(model, processor, params.student.image_tokens)["image_tokens"]
 
     with partial_log(partial) as persist:
         t0 = time.perf_counter()
@@ -459,6 +478,7 @@ def run_inference(params, name: str, test_rows: list[dict]) -> tuple[list[dict],
         wall = time.perf_counter() - t0
     partial.unlink()
     stats = _timing_stats(rows, path, sum(p.numel() for p in model.parameters()), len(done), wall, opts)
+    stats["image_tokens"] = image_tokens if image_tokens is not None else count_image_tokens(processor)
     if opts.mode == "likelihood":
         # The written conclusion against the likelihood answer (never unparseable itself).
         stats["text_unparseable"] = sum(r["choice_text"] is None for r in rows)

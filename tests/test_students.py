@@ -214,3 +214,20 @@ def test_checkpoint_weights_come_back_on_resume(family, built, tmp_path):
     want, got = snapshot(trained), snapshot(fresh)
     assert want.keys() == got.keys()
     assert all(torch.equal(want[k], got[k]) for k in want)
+
+
+def test_base_infer_sees_the_resolution_distill_trains_at(built, data, tmp_path, monkeypatch):
+    """infer's `base` entry (path: student.model) applies student.image_tokens as distill does; the
+    model folder itself is left untouched."""
+    from svrd.infer import run_inference
+
+    monkeypatch.setenv("SVRD_CACHE_DIR", str(tmp_path))
+    path = built["idefics3"]["path"]
+    before = count_image_tokens(load_processor(path))
+    params = PARAMS.with_overrides({"student.model": path, "student.image_tokens": 36, "infer.max_new_tokens": 4,
+                                    "infer.batch_size": 4})
+    records, _ = data
+    rows, stats = run_inference(params, "base", [{**r, "split": "test"} for r in records[:2]])
+    assert [r["pid"] for r in rows] == [r["pid"] for r in records[:2]]
+    assert stats["image_tokens"] == 36 != before
+    assert count_image_tokens(load_processor(path)) == before
