@@ -60,8 +60,12 @@ def target_regex(names: list[str]) -> str:
     return regex
 
 
-def apply_lora(model: torch.nn.Module, cfg, train_projector: bool = True):
-    """Wrap `model` with LoRA adapters on the text model's linear layers; returns the PeftModel."""
+def apply_lora(model: torch.nn.Module, cfg, train_projector: bool = True, seed: int = 0):
+    """Wrap `model` with LoRA adapters on the text model's linear layers; returns the PeftModel.
+
+    The adapters' random init is drawn from `seed` (train.seed): the Trainer seeds only after the
+    model exists, so an unseeded init differed between runs, and between a killed run and its resume.
+    """
     from peft import LoraConfig, get_peft_model
 
     names = text_linear_names(model, cfg.target_modules)
@@ -76,7 +80,9 @@ def apply_lora(model: torch.nn.Module, cfg, train_projector: bool = True):
         modules_to_save=[proj] if proj else None,  # the projector keeps training in full, as without LoRA
         bias="none",
     )
-    peft_model = get_peft_model(model, config)
+    with torch.random.fork_rng():  # seed the init without moving the caller's RNG
+        torch.manual_seed(seed)
+        peft_model = get_peft_model(model, config)
     log.info("LoRA r=%d on %d text linear layers (%s)", cfg.r, len(names), regex or "listed")
     return peft_model
 

@@ -121,6 +121,9 @@ cfg = load_params({params!r}).with_overrides({{"train.epochs": 2, "train.batch_s
 model = load_model({model!r})
 processor = load_processor({model!r})
 freeze(model)
+if os.environ.get("LORA"):  # LoRA adapters + the projector in full, saved as adapter checkpoints
+    from svrd.lora import apply_lora
+    model = apply_lora(model, load_params({params!r}).train.lora, train_projector=True, seed=cfg.seed)
 stats = distill.train(model, processor, examples, [], cfg, ckpt)
 save_file({{k: v.detach().clone() for k, v in model.state_dict().items()}}, os.path.join(ckpt, "final.safetensors"))
 print("STATS " + json.dumps(stats))
@@ -129,16 +132,25 @@ print("STATS " + json.dumps(stats))
 
 @pytest.fixture(scope="module")
 def resume_setup(tmp_path_factory):
-    """The tiny student, the runner script, and the weights of an uninterrupted run."""
+    """The runner script, and the final weights of an uninterrupted run per mode (computed on demand)."""
     root = tmp_path_factory.mktemp("distill_resume")
     model_dir = root / "student"
     build_llava(model_dir, corpus(fake_records(8)))
     script = root / "run_distill.py"
     script.write_text(RUNNER.format(tests=str(TESTS), params=str(TESTS.parent / "params.yaml"), model=str(model_dir)))
-    reference = root / "uninterrupted"
-    stats = run_in_process(script, reference)
-    assert stats["steps"] == 8 and stats["resumed_from"] is None
-    return script, load_file(reference / "final.safetensors")
+    references = {}
+
+    def uninterrupted(lora: bool) -> dict:
+        if lora not in references:
+            out = root / f"uninterrupted-lora{int(lora)}"
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setenv("LORA", "1") if lora else mp.delenv("LORA", raising=False)
+                stats = run_in_process(script, out)
+            assert stats["steps"] == 8 and stats["resumed_from"] is None
+            references[lora] = load_file(out / "final.safetensors")
+        return references[lora]
+
+    return script, uninterrupted
 
 
 def run_in_process(script: Path, ckpt: Path) -> dict:
@@ -156,10 +168,16 @@ def run_in_process(script: Path, ckpt: Path) -> dict:
     return json.loads(out.getvalue().split("STATS ", 1)[1].splitlines()[0])
 
 
-# Killed in epoch 1 after its first checkpoint, and in epoch 2 (whose order must not replay epoch 1's).
-@pytest.mark.parametrize("kill_at", [2, 6])
-def test_killed_distill_resumes_to_the_same_weights(resume_setup, tmp_path, kill_at):
-    script, uninterrupted = resume_setup
+# Killed in epoch 1 after its first checkpoint, and in epoch 2 (whose order must not replay epoch 1's);
+# with LoRA, whose checkpoints hold only the adapters and the projector (and whose init is seeded).
+@pytest.mark.parametrize(("kill_at", "lora"), [(2, False), (6, False), (6, True)])
+def test_killed_distill_resumes_to_the_same_weights(resume_setup, tmp_path, kill_at, lora, monkeypatch):
+    script, reference = resume_setup
+    uninterrupted = reference(lora)
+    if lora:
+        monkeypatch.setenv("LORA", "1")
+    else:
+        monkeypatch.delenv("LORA", raising=False)
     ckpt = tmp_path / "ckpt"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "SLOW": "0.4"}
     proc = subprocess.Popen([sys.executable, str(script), str(ckpt)], env=env, cwd=tmp_path,
@@ -177,7 +195,8 @@ def test_killed_distill_resumes_to_the_same_weights(resume_setup, tmp_path, kill
     first = latest_checkpoint(ckpt)
     state = json.loads((Path(first) / "trainer_state.json").read_text())
     assert kill_at <= state["global_step"] < 8, "the kill came after training finished"
-    assert (Path(first) / "model.safetensors").is_file()  # weights as safetensors, never pickles
+    weights = "adapter_model.safetensors" if lora else "model.safetensors"
+    assert (Path(first) / weights).is_file()  # weights as safetensors, never pickles
     assert not list(Path(first).glob("pytorch_model*.bin"))
     assert not (ckpt / "final.safetensors").exists()
 

@@ -231,3 +231,17 @@ def test_base_infer_sees_the_resolution_distill_trains_at(built, data, tmp_path,
     assert [r["pid"] for r in rows] == [r["pid"] for r in records[:2]]
     assert stats["image_tokens"] == 36 != before
     assert count_image_tokens(load_processor(path)) == before
+
+
+def test_lora_init_is_drawn_from_the_seed(built):
+    path = built["llava"]["path"]
+
+    def adapters(seed):
+        model = apply_lora(load_model(path), lora_cfg(True), seed=seed)
+        return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_A" in n}
+
+    before = torch.random.get_rng_state()
+    first, again, other = adapters(3), adapters(3), adapters(4)
+    assert all(torch.equal(first[n], again[n]) for n in first)
+    assert not all(torch.equal(first[n], other[n]) for n in first)
+    assert torch.equal(torch.random.get_rng_state(), before)  # the caller's RNG did not move
