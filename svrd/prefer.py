@@ -8,8 +8,10 @@ pairs each, DPO with beta 0.1). The steps:
 1. `sample_chains`: `prefer.samples` chains per training question at `prefer.temperature`,
    batched (`prefer.batch_size` questions per `generate()` call, `num_return_sequences=k`).
    Each question's chains are appended to a JSONL log as its batch finishes, so a killed run
-   resumes without re-sampling finished questions (the log is keyed by a fingerprint of the
-   model files and the sampling params, and kept: changing the band, m, beta or lr re-uses it).
+   resumes without re-sampling finished questions and gets the chains an uninterrupted run
+   would (a batch the kill left half-written is sampled again whole); the log is keyed by a
+   fingerprint of the model files and the sampling params, and kept: changing the band, m, beta
+   or lr re-uses it.
 2. `judge`: each chain's conclusion is read with `extract_choice` and compared with the gold
    answer; an unparseable chain (no conclusion, cut off, two options) counts as incorrect.
 3. `make_pairs`: a question is kept when its share of correct chains lies in
@@ -42,7 +44,7 @@ from svrd.answers import extract_choice
 from svrd.examples import Example, messages_for, tokenizer_of
 from svrd.images import open_png
 from svrd.infer import encode_batch, examples_from_rows, load_partial, prompt_length
-from svrd.io import atomic_dir, write_table
+from svrd.io import atomic_dir, atomic_path, write_table
 
 log = logging.getLogger(__name__)
 
@@ -152,12 +154,26 @@ def sampling_fingerprint(model_path: str | Path, cfg) -> str:
 
 
 def load_chains(path: Path) -> dict[str, list[dict]]:
-    """pid -> chains of a chains log (a last line cut by a kill is dropped and cut off the file)."""
-    return {pid: row["chains"] for pid, row in load_partial(path).items()}
+    """pid -> chains of a chains log. A last line cut by a kill is dropped and cut off the file, and
+    so are the lines of a batch that the kill left incomplete (see chain_appender)."""
+    rows = load_partial(path)
+    # A batch's chains are drawn together (one generate() call seeded by its pids), so a question
+    # whose batch-mates are missing cannot be kept: the resumed run would sample the missing ones
+    # in a different batch and get other chains than an uninterrupted run. Its batch is sampled
+    # again whole instead; the lines are cut off the file so that it holds no pid twice.
+    complete = {pid: row for pid, row in rows.items() if all(p in rows for p in row.get("batch", [pid]))}
+    if len(complete) < len(rows):
+        lines = path.read_bytes().splitlines(keepends=True)
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(b"".join(line for line in lines if json.loads(line)["pid"] in complete))
+    return {pid: row["chains"] for pid, row in complete.items()}
 
 
 def chain_appender(path: Path):
-    """An `on_batch` callback appending one line per question, flushed and fsynced; use as a context manager."""
+    """An `on_batch` callback appending one line per question, flushed and fsynced; use as a context manager.
+
+    Each line names its batch's pids: a batch larger than the write buffer goes out in several
+    writes, and a kill between two of them leaves a part of the batch, which load_chains drops."""
     path.parent.mkdir(parents=True, exist_ok=True)
 
     class _Appender:
@@ -166,8 +182,9 @@ def chain_appender(path: Path):
             return self
 
         def __call__(self, finished: dict[str, list[dict]]) -> None:
+            batch = list(finished)
             for pid, chains in finished.items():
-                self.fh.write(json.dumps({"pid": pid, "chains": chains}, ensure_ascii=False) + "\n")
+                self.fh.write(json.dumps({"pid": pid, "chains": chains, "batch": batch}, ensure_ascii=False) + "\n")
             self.fh.flush()
             os.fsync(self.fh.fileno())
 

@@ -1,7 +1,8 @@
-"""Stage prefer: pairing rules, DPO on two tiny VLM families, and resume after SIGKILL during sampling."""
+"""Stage prefer: pairing rules, DPO on two tiny VLM families, and resume after SIGKILL in sampling and in DPO."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -22,10 +23,12 @@ from svrd.models import freeze, load_model, load_processor, vision_encoder
 from svrd.params import load_params
 from svrd.prefer import (
     PAIR_SCHEMA,
+    chain_appender,
     dpo_dataset,
     frozen_copy,
     in_band,
     judge,
+    load_chains,
     make_pairs,
     run_prefer,
     sample_chains,
@@ -192,42 +195,140 @@ def make_project(root: Path, student: Path, records: list[dict], overrides: dict
 STAGE_FAST = {"prefer.max_new_tokens": 8, "prefer.samples": 2, "prefer.batch_size": 1, "prefer.max_questions": 5,
               "prefer.min_correct": 0.0, "prefer.max_correct": 1.0, "prefer.lr": 1e-3, "prefer.train_batch_size": 4}
 
-# Runs the stage with sampling stalled (forever) from the third batch on: two questions are
-# persisted when the test kills it.
-STALLING_DRIVER = """
-import runpy, sys, time
+# ------------------------------------------------------------------------------ SIGKILL at several points
+
+KILL_PARAMS = {**STAGE_FAST, "prefer.batch_size": 2, "prefer.train_batch_size": 2}  # batches of 2, 2, 1 questions
+KILL_QUESTIONS = STAGE_FAST["prefer.max_questions"]
+
+
+def first_chain_right(chains, choices, answer):
+    """A random student is (almost) never right: judge each question's first chain correct and the
+    others wrong, so that every question with two distinct chains gives a pair and DPO runs."""
+    return [{**c, "choice": answer if i == 0 else (answer + 1) % len(choices), "correct": i == 0}
+            for i, c in enumerate(judge(chains, choices, answer))]
+
+
+# stages/prefer.py judged by first_chain_right, pausing SLOW_S before each sampling batch and after
+# each DPO step (whose end it marks in MARKS/dpo-step-N): a kill sent when the chains log or the
+# marks reach a point lands there, not a batch or a step later.
+KILL_DRIVER = """
+import os, runpy, sys, time
+from pathlib import Path
+
+sys.path.insert(0, {tests!r})
 import svrd.prefer as prefer
-original, calls = prefer.sample_batch, [0]
-def stalling(*args, **kwargs):
-    calls[0] += 1
-    if calls[0] > 2:
-        time.sleep(600)
-    return original(*args, **kwargs)
-prefer.sample_batch = stalling
+from test_prefer import first_chain_right
+
+slow, marks = float(os.environ["SLOW_S"]), Path(os.environ["MARKS"])
+sample_batch, train_dpo = prefer.sample_batch, prefer.train_dpo
+
+
+def slow_sample(*args, **kwargs):
+    time.sleep(slow)
+    return sample_batch(*args, **kwargs)
+
+
+def marked_train(*args, **kwargs):
+    from trl import DPOTrainer
+
+    step, done = DPOTrainer.training_step, [0]
+
+    def marked_step(self, *a, **k):
+        loss = step(self, *a, **k)
+        done[0] += 1
+        (marks / f"dpo-step-{{done[0]}}").touch()
+        time.sleep(slow)
+        return loss
+
+    DPOTrainer.training_step = marked_step
+    return train_dpo(*args, **kwargs)
+
+
+prefer.judge, prefer.sample_batch, prefer.train_dpo = first_chain_right, slow_sample, marked_train
 sys.argv = ["prefer.py"]
 runpy.run_path({stage!r}, run_name="__main__")
 """
 
 
-def test_stage_resumes_after_sigkill_without_resampling(tmp_path, students, records, monkeypatch):
-    project = make_project(tmp_path / "project", students["llava"], records, STAGE_FAST)
-    cache = tmp_path / "cache"
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def file_hashes(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): sha256(p) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def log_pids(log: Path) -> list[str]:
+    return [json.loads(line)["pid"] for line in log.read_text().splitlines()]
+
+
+# What does not depend on where a run was killed (resumed, walls and the log's path do).
+SAME_STATS = ("questions_sampled", "chains", "correct_share", "unparseable_share", "questions_all_correct",
+              "questions_none_correct", "questions_kept", "pairs", "trained")
+SAME_DPO = ("train_loss", "steps", "pairs", "rewards_accuracies", "rewards_margins", "rewards_chosen",
+            "rewards_rejected")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, students, records, one_torch_thread):
+    """The stage never killed (in-process, its own cache): chains log, pairs, model files, stats."""
+    import svrd.prefer as prefer
+
+    root = tmp_path_factory.mktemp("prefer-uninterrupted")
+    project = make_project(root / "project", students["llava"], records, KILL_PARAMS)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(prefer, "judge", first_chain_right)
+        stats = run_prefer(load_params(project / "params.yaml"), records, project / "data/distill/model",
+                           project / "data/prefer/model", project / "data/prefer/pairs.parquet", root / "cache",
+                           progress=False)
+    return {"stats": stats, "project": project, "chains": Path(stats["chains_log"]).read_bytes(),
+            "pairs": sha256(project / "data/prefer/pairs.parquet"),
+            "model": file_hashes(project / "data/prefer/model")}
+
+
+def test_uninterrupted_run_trains_text_weights_in_several_steps(uninterrupted):
+    """What the kill tests compare against is a real run: pairs, several DPO steps, vision frozen."""
+    stats, project = uninterrupted["stats"], uninterrupted["project"]
+    assert stats["trained"] and stats["pairs"] >= 3 and stats["dpo"]["steps"] >= 2  # a kill can land between steps
+    table = pq.read_table(project / "data/prefer/pairs.parquet")
+    assert table.schema.equals(PAIR_SCHEMA) and table.num_rows == stats["pairs"]
+    assert load_processor(str(project / "data/prefer/model")) is not None
+    trained = load_model(str(project / "data/prefer/model")).state_dict()
+    distilled = load_model(str(project / "data/distill/model")).state_dict()
+    assert trained.keys() == distilled.keys()
+    assert any(not torch.equal(trained[k], distilled[k]) for k in trained if "language_model" in k)
+    assert all(torch.equal(trained[k], distilled[k]) for k in trained if "vision_tower" in k)
+
+
+@pytest.mark.parametrize("phase,point", [("sampling", 2), ("sampling", 4), ("dpo", 1)],
+                         ids=["sampling-1of3-batches", "sampling-2of3-batches", "dpo-1-step"])
+def test_stage_killed_then_rerun_equals_uninterrupted(tmp_path, students, records, uninterrupted, monkeypatch,
+                                                      phase, point):
+    """SIGKILLed with `point` questions in the chains log (sampling) or `point` DPO steps done, the
+    re-run samples only the questions not in the log and writes what an uninterrupted run writes."""
+    import svrd.prefer as prefer
+
+    project = make_project(tmp_path / "project", students["llava"], records, KILL_PARAMS)
+    cache, marks, log = tmp_path / "cache", tmp_path / "marks", tmp_path / "killed.log"
+    marks.mkdir()
     env = {**os.environ, "SVRD_CACHE_DIR": str(cache), "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1",
-           "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    driver = STALLING_DRIVER.format(stage=str(REPO / "stages" / "prefer.py"))
-    proc = subprocess.Popen([sys.executable, "-c", driver], cwd=project, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+           "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1", "SLOW_S": "0.5", "MARKS": str(marks)}
+    driver = KILL_DRIVER.format(tests=str(Path(__file__).resolve().parent), stage=str(REPO / "stages" / "prefer.py"))
+
+    def reached() -> bool:
+        if phase == "dpo":
+            return (marks / f"dpo-step-{point}").exists()
+        logs = list(cache.glob("prefer/*/chains.jsonl"))
+        return bool(logs) and len(logs[0].read_bytes().splitlines()) >= point
+
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-c", driver], cwd=project, env=env, stdout=out, stderr=out)
     try:
-        deadline = time.monotonic() + 60
-        logs: list[Path] = []
-        while time.monotonic() < deadline:
-            logs = list(cache.glob("prefer/*/chains.jsonl"))
-            if logs and len(logs[0].read_text().splitlines()) >= 2:
-                break
-            assert proc.poll() is None, proc.communicate()[1].decode()[-3000:]
-            time.sleep(0.1)
-        else:
-            pytest.fail("sampling never persisted two questions")
+        deadline = time.monotonic() + 120
+        while not reached():
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, f"the run never reached {phase} {point}"
+            time.sleep(0.05)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
@@ -235,12 +336,15 @@ def test_stage_resumes_after_sigkill_without_resampling(tmp_path, students, reco
             proc.kill()
             proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    before = {json.loads(line)["pid"]: json.loads(line)["chains"] for line in logs[0].read_text().splitlines()}
-    assert len(before) == 2
+    [chains_log] = cache.glob("prefer/*/chains.jsonl")
+    before = {json.loads(line)["pid"]: line for line in chains_log.read_text().splitlines()}
+    assert not (project / "data/prefer/model").exists()
+    if phase == "sampling":  # killed between two batches: pairs not yet written
+        assert len(before) == point and not (project / "data/prefer/pairs.parquet").exists()
+    else:  # killed mid-DPO: every chain sampled, the pairs written, the model not
+        assert len(before) == KILL_QUESTIONS and (project / "data/prefer/pairs.parquet").exists()
 
-    # The resumed run (in-process, same cache) samples only the questions not yet finished.
-    import svrd.prefer as prefer
-
+    # The re-run (in-process, same cache) samples only the questions not yet in the log.
     sampled: list[str] = []
     original = prefer.sample_batch
 
@@ -249,38 +353,48 @@ def test_stage_resumes_after_sigkill_without_resampling(tmp_path, students, reco
         return original(model, processor, examples, *args, **kwargs)
 
     monkeypatch.setattr(prefer, "sample_batch", counting)
-
-    # A random student is (almost) never right: judge each question's first chain correct so that
-    # every question gives a pair and the whole path (DPO, save, reload) runs.
-    def first_chain_right(chains, choices, answer):
-        judged = original_judge(chains, choices, answer)
-        return [{**c, "choice": answer if i == 0 else (answer + 1) % len(choices), "correct": i == 0}
-                for i, c in enumerate(judged)]
-
-    original_judge = prefer.judge
     monkeypatch.setattr(prefer, "judge", first_chain_right)
-    monkeypatch.chdir(project)
-    params = load_params(project / "params.yaml")
-    stats = run_prefer(params, records, project / "data/distill/model", project / "data/prefer/model",
-                       project / "data/prefer/pairs.parquet", cache / "prefer", progress=False)
-    wanted = [r["pid"] for r in records[:5]]
+    stats = run_prefer(load_params(project / "params.yaml"), records, project / "data/distill/model",
+                       project / "data/prefer/model", project / "data/prefer/pairs.parquet", cache / "prefer",
+                       progress=False)
+    wanted = [r["pid"] for r in records[:KILL_QUESTIONS]]
     assert sorted(sampled) == sorted(set(wanted) - set(before)), "finished questions must not be re-sampled"
-    assert stats["resumed"] == 2 and stats["questions_sampled"] == 5 and stats["chains"] == 10
-    after = {json.loads(line)["pid"]: json.loads(line)["chains"] for line in logs[0].read_text().splitlines()}
-    assert sorted(after) == sorted(wanted) and all(after[pid] == before[pid] for pid in before)
+    assert stats["resumed"] == len(before)
 
-    table = pq.read_table(project / "data/prefer/pairs.parquet")
-    assert table.schema.equals(PAIR_SCHEMA)
-    distinct = sum(len({c["text"] for c in after[pid]}) == 2 for pid in wanted)  # identical chains make no pair
-    assert table.num_rows == stats["pairs"] == stats["questions_kept"] == distinct > 0
-    assert stats["trained"] and stats["dpo"]["steps"] >= 1
-    assert (project / "data/prefer/model/model.safetensors").is_file()
-    assert load_processor(str(project / "data/prefer/model")) is not None
-    trained = load_model(str(project / "data/prefer/model")).state_dict()
-    distilled = load_model(str(project / "data/distill/model")).state_dict()
-    assert trained.keys() == distilled.keys()
-    assert any(not torch.equal(trained[k], distilled[k]) for k in trained if "language_model" in k)
-    assert all(torch.equal(trained[k], distilled[k]) for k in trained if "vision_tower" in k)
+    # Nothing lost, nothing twice, and the same bytes as the uninterrupted run.
+    assert sorted(log_pids(chains_log)) == sorted(wanted)
+    assert all(line in chains_log.read_text().splitlines() for line in before.values())
+    assert chains_log.read_bytes() == uninterrupted["chains"]
+    assert pq.read_table(project / "data/prefer/pairs.parquet").column("pid").to_pylist() == \
+        pq.read_table(uninterrupted["project"] / "data/prefer/pairs.parquet").column("pid").to_pylist()
+    assert sha256(project / "data/prefer/pairs.parquet") == uninterrupted["pairs"]
+    assert file_hashes(project / "data/prefer/model") == uninterrupted["model"]
+    ref = uninterrupted["stats"]
+    assert {k: stats[k] for k in SAME_STATS} == {k: ref[k] for k in SAME_STATS}
+    assert {k: stats["dpo"].get(k) for k in SAME_DPO} == {k: ref["dpo"].get(k) for k in SAME_DPO}
+
+
+def test_log_cut_inside_a_batch_resamples_that_batch_whole(tmp_path, students, records):
+    """A kill between two lines of one batch (several writes when a batch outgrows the write buffer;
+    a SIGKILL cannot be aimed there) leaves part of a batch: the resumed run samples that batch again
+    whole, so every question gets the chains an uninterrupted run gives it, each logged once."""
+    model, processor = load_model(str(students["llava"])), load_processor(str(students["llava"]))
+    examples = examples_from_rows(records[:KILL_QUESTIONS])
+    kw = dict(k=2, temperature=1.0, top_p=1.0, max_new_tokens=8, batch_size=2, seed=0, progress=False)
+    full_log = tmp_path / "full.jsonl"
+    with chain_appender(full_log) as persist:
+        full = sample_chains(model, processor, examples, on_batch=persist, **kw)
+    lines = full_log.read_bytes().splitlines(keepends=True)
+    assert [len(json.loads(line)["batch"]) for line in lines] == [2, 2, 2, 2, 1]
+    for tail in (b"", lines[3][:25]):  # batch 2's second line not written / cut mid-way
+        cut_log = tmp_path / f"cut-{len(tail)}.jsonl"
+        cut_log.write_bytes(b"".join(lines[:3]) + tail)
+        done = load_chains(cut_log)
+        assert list(done) == log_pids(full_log)[:2] and cut_log.read_bytes() == b"".join(lines[:2])
+        with chain_appender(cut_log) as persist:
+            resumed = sample_chains(model, processor, examples, done=done, on_batch=persist, **kw)
+        assert resumed == full
+        assert cut_log.read_bytes() == full_log.read_bytes()
 
 
 def test_no_pairs_copies_the_distilled_model(tmp_path, students, records):
