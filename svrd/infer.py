@@ -413,14 +413,19 @@ def _fingerprint(model_path: str, params, pids: list[str]) -> str:
 
 
 def load_partial(path) -> dict[str, dict]:
-    """Rows of a partial predictions log, pid -> row. A last line cut by a kill is dropped and
-    cut off the file, so rows appended by the resumed run start on a line of their own."""
+    """Rows of a partial log, pid -> row. A last line cut by a kill is dropped and cut off the file,
+    so rows appended by the resumed run start on a line of their own.
 
-    done: dict[str, dict] = {}
+    Lines may name their batch (`"batch": [pids]`, stripped from the rows returned). A batch's rows
+    are drawn together (padding, per-batch sampling seeds), and one batch can take several writes,
+    so a kill may leave part of one: those rows are dropped and cut off too, and the resumed run
+    redoes the batch whole, as an uninterrupted run did it."""
+    from svrd.io import atomic_path
+
     if not path.exists():
-        return done
+        return {}
     data = path.read_bytes()
-    intact = 0
+    lines, rows, intact = [], {}, 0
     for line in data.splitlines(keepends=True):
         if not line.endswith(b"\n"):
             break
@@ -428,12 +433,14 @@ def load_partial(path) -> dict[str, dict]:
             row = json.loads(line)
         except (json.JSONDecodeError, UnicodeDecodeError):
             break
-        done[row["pid"]] = row
+        lines.append((row, line))
+        rows[row["pid"]] = row
         intact += len(line)
-    if intact < len(data):
-        with open(path, "r+b") as f:
-            f.truncate(intact)
-    return done
+    kept = [(row, line) for row, line in lines if all(p in rows for p in row.get("batch", [row["pid"]]))]
+    if intact < len(data) or len(kept) < len(lines):
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(b"".join(line for _, line in kept))
+    return {row["pid"]: {k: v for k, v in row.items() if k != "batch"} for row, _ in kept}
 
 
 def run_inference(params, name: str, test_rows: list[dict]) -> tuple[list[dict], dict]:
@@ -496,8 +503,9 @@ def partial_log(path):
     at most the batch in flight (load_partial reads the file back)."""
     with open(path, "a", encoding="utf-8") as log:
         def persist(rows: list[dict]) -> None:
+            batch = [row["pid"] for row in rows]  # see load_partial: a batch cut short is redone whole
             for row in rows:
-                log.write(json.dumps(row) + "\n")
+                log.write(json.dumps({**row, "batch": batch}) + "\n")
             log.flush()
             os.fsync(log.fileno())
 

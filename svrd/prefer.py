@@ -44,7 +44,7 @@ from svrd.answers import extract_choice
 from svrd.examples import Example, messages_for, tokenizer_of
 from svrd.images import open_png
 from svrd.infer import encode_batch, examples_from_rows, load_partial, prompt_length
-from svrd.io import atomic_dir, atomic_path, write_table
+from svrd.io import atomic_dir, write_table
 
 log = logging.getLogger(__name__)
 
@@ -155,18 +155,9 @@ def sampling_fingerprint(model_path: str | Path, cfg) -> str:
 
 def load_chains(path: Path) -> dict[str, list[dict]]:
     """pid -> chains of a chains log. A last line cut by a kill is dropped and cut off the file, and
-    so are the lines of a batch that the kill left incomplete (see chain_appender)."""
-    rows = load_partial(path)
-    # A batch's chains are drawn together (one generate() call seeded by its pids), so a question
-    # whose batch-mates are missing cannot be kept: the resumed run would sample the missing ones
-    # in a different batch and get other chains than an uninterrupted run. Its batch is sampled
-    # again whole instead; the lines are cut off the file so that it holds no pid twice.
-    complete = {pid: row for pid, row in rows.items() if all(p in rows for p in row.get("batch", [pid]))}
-    if len(complete) < len(rows):
-        lines = path.read_bytes().splitlines(keepends=True)
-        with atomic_path(path) as tmp:
-            tmp.write_bytes(b"".join(line for line in lines if json.loads(line)["pid"] in complete))
-    return {pid: row["chains"] for pid, row in complete.items()}
+    so are the lines of a batch that the kill left incomplete (svrd.infer.load_partial): a batch's
+    chains are drawn together, seeded by its pids, so it is sampled again whole."""
+    return {pid: row["chains"] for pid, row in load_partial(path).items()}
 
 
 def chain_appender(path: Path):

@@ -191,3 +191,12 @@ def test_infer_resumes_after_sigkill(tiny, tmp_path, monkeypatch, kill_after):
     assert [r["pid"] for r in resumed] == [r["pid"] for r in rows]
     assert len({r["pid"] for r in resumed}) == len(rows)
     _same(resumed, clean)
+
+
+def test_load_partial_drops_a_batch_a_kill_left_incomplete(tmp_path):
+    log = tmp_path / "p.jsonl"
+    lines = [{"pid": "1", "batch": ["1", "2"]}, {"pid": "2", "batch": ["1", "2"]},
+             {"pid": "3", "batch": ["3", "4"]}]  # "4" never made it to disk
+    log.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert load_partial(log) == {"1": {"pid": "1"}, "2": {"pid": "2"}}  # batch 3-4 is redone whole
+    assert [json.loads(line)["pid"] for line in log.read_text().splitlines()] == ["1", "2"]
