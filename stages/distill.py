@@ -15,11 +15,12 @@ from svrd.features import check_params
 from svrd.infer import accuracy_on
 from svrd.io import read_rows, write_json
 from svrd.lora import apply_lora
-from svrd.models import apply_image_tokens, freeze, load_model, load_processor, pick_device, pick_dtype
+from svrd.models import freeze, load_student
 from svrd.params import load_params
 from svrd.split import refuse_test_pids
 from svrd.stage import (
     DISTILLED,
+    FEATURES,
     LIVE_DISTILL,
     METRICS,
     RATIONALES,
@@ -33,8 +34,9 @@ from svrd.stage import (
 def main() -> None:
     params = load_params()
     s, t = params.student, params.train
-    # train.cache_vision_features: exact only while the vision encoder is frozen (svrd.features caches
-    # after the projector when student.freeze_projector, before it otherwise, and re-checks the model).
+    # train.cache_vision_features: exact only while the vision encoder is frozen (the features stage caches
+    # after the projector when student.freeze_projector, before it otherwise; svrd.features.prepare checks
+    # that data/features was written for this very student and freezing, and refuses it otherwise).
     check_params(s, t)
     train_rows = read_rows(SPLIT_DIR / "train.parquet")
     val_rows = read_rows(SPLIT_DIR / "val.parquet")
@@ -44,16 +46,12 @@ def main() -> None:
     examples = build_examples(train_rows, rationales, t.target, t.conclusion, t.mix_answer_share, t.seed)
     val_examples = build_examples(val_rows, rationales, t.target, t.conclusion, t.mix_answer_share, t.seed)
 
-    device = pick_device()
-    model = load_model(s.model, s.trust_remote_code, pick_dtype(t.precision, device)).to(device)
-    processor = load_processor(s.model, s.trust_remote_code)
-    tokens = apply_image_tokens(model, processor, s.image_tokens)  # saved with the processor for infer
-    counts = freeze(model, vision=s.freeze_vision, projector_too=s.freeze_projector)
+    model, processor, tokens, counts = load_student(s, t.precision)  # as the features stage loads it
     if t.lora.enabled:
         model = apply_lora(model, t.lora, train_projector=not s.freeze_projector)
         counts = freeze(model, vision=s.freeze_vision, projector_too=s.freeze_projector)
 
-    vision_cache = cache_dir() / "features" if t.cache_vision_features else None
+    vision_cache = FEATURES if t.cache_vision_features else None  # written by the features stage
 
     checkpoints = cache_dir() / "distill" / run_fingerprint(s.model, {**t.model_dump(), "student": s.model_dump()}, examples)
     eval_rows = val_rows[: t.eval_questions]

@@ -1,8 +1,9 @@
-"""Cached frozen vision features (train.cache_vision_features).
+"""Cached frozen vision features (train.cache_vision_features; the `features` stage).
 
 With the vision encoder frozen, its output for a training image is the same in every epoch and
-in every `dvc exp` sweep over training params, so distill computes it once per (student vision
-weights, image) and feeds the student the cached features instead of pixel_values.
+in every `dvc exp` sweep over training params, so the `features` stage computes it once per
+(student, image) into data/features/ -- a DVC output, pushed and pulled like every artifact --
+and distill feeds the student those features instead of pixel_values.
 
 How the features reach the model: transformers (5.x) VLMs take `mm_encoder_outputs=
 {"image": BaseModelOutputWithPooling(pooler_output=...)}` in forward() -- the same object
@@ -15,16 +16,22 @@ PaliGemma). What is cached depends on what trains:
   states), captured by a forward pre-hook on the projector; each step runs the projector on them
   (with gradients), so the result is exactly what the live path computes.
 
-Both are checked when the cache is filled: for the first image, the reconstruction (projector on
-the cached input, reshaped as the family does) must equal the live pooler_output, otherwise the
-family is refused with a SvrdError rather than trained on something else.
+The folder (svrd.stage.FEATURES):
 
-The cache lives under svrd.stage.cache_dir()/features/<fingerprint>/<image sha256>.safetensors,
-a persistent work cache outside DVC outputs (like distill's checkpoints): `dvc repro` / `dvc exp`
-never delete it, and because the fingerprint covers everything the features depend on (the vision
-encoder's weights -- and the projector's in mode "projected" --, the model config outside the text
-model, the image processor config, the mode and the dtype) and the file name is the image's
-content hash, a stale entry can never be read: a changed student or processor is a new folder.
+    manifest.json                               fingerprint and its parts, mode, dtype, counts
+    <fingerprint>/<image sha256>.safetensors    one entry per distinct train/val image
+
+The fingerprint covers everything the features depend on: the vision encoder's weights (and the
+projector's in mode "projected"), the model config outside the text model, the image processor
+config (student.image_tokens), the mode (student.freeze_projector) and the dtype (train.precision).
+distill recomputes it on the student it trains and refuses a folder whose fingerprint differs,
+naming the part that differs; it also re-checks on one image that the stored entry reproduces the
+live features. With the cache off the stage writes only a manifest saying so (`enabled: false`).
+
+The stage computes entries into a content-addressed work cache, svrd.stage.cache_dir()/features/
+<fingerprint>/, one atomically written file per image: DVC deletes a stage's outputs before it
+re-runs, so a killed stage resumes from there. The output folder is then hard-linked from it and
+swapped in whole (svrd.io.atomic_dir).
 
 The batch carries `vision_features` ([sum of per-image leading dims, ...]) and
 `vision_feature_sizes` (the leading dim of each image's entry); a forward pre-hook on the model
@@ -38,14 +45,19 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import torch
+from tqdm import tqdm
 
 from svrd.errors import SvrdError
 from svrd.examples import Example, TrainingDataset, encode_prompt, encode_training
-from svrd.models import projector, vision_encoder
+from svrd.io import atomic_dir, read_json, write_json
+from svrd.models import count_image_tokens, projector, vision_encoder
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +66,18 @@ TEXT_KEYS = {"input_ids", "attention_mask", "labels", "token_type_ids", "mm_toke
 # What a cached-feature training item keeps from encode_training (the image tensors are dropped).
 ITEM_TEXT_KEYS = {"input_ids", "labels", "token_type_ids", "mm_token_type_ids"}
 FEATURES, SIZES = "vision_features", "vision_feature_sizes"
+MANIFEST = "manifest.json"
+TAKEN = {"projected": "after the projector", "vision": "before the projector"}
+# What changes each fingerprint part, for the mismatch error.
+PART_CAUSES = {
+    "mode": "where the features are taken, set by student.freeze_projector",
+    "dtype": "the student's dtype, set by train.precision (auto: bf16 on a GPU, fp32 on CPU)",
+    "model": "the model class (student.model)",
+    "config": "the model's vision and projector config (student.model)",
+    "image_processor": "the image processor settings (student.image_tokens, student.model)",
+    "vision_encoder": "the vision encoder's weights (student.model)",
+    "projector": "the projector's weights (student.model)",
+}
 
 
 def base_model(model):
@@ -81,28 +105,40 @@ def check_params(student, train) -> None:
                         "(a trained vision encoder's features change every step and cannot be cached)")
 
 
-def _hash_module(h, module: torch.nn.Module) -> None:
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:24]
+
+
+def _module_sha(module: torch.nn.Module) -> str:
+    h = hashlib.sha256()
     for name, t in sorted(module.state_dict().items()):
         t = t.detach().cpu().contiguous()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:24]
 
 
-def fingerprint(model, processor, mode: str) -> str:
-    """sha256 over what the cached features depend on (see the module docstring)."""
-    h = hashlib.sha256()
+def fingerprint_parts(model, processor, mode: str) -> dict:
+    """What the cached features depend on, one hash (or value) per part; see PART_CAUSES."""
     config = base_model(model).config.to_dict()
     for key in ("text_config", "_name_or_path", "transformers_version", "architectures", "dtype", "torch_dtype"):
         config.pop(key, None)
     image_processor = getattr(processor, "image_processor", None)
     ip = image_processor.to_dict() if image_processor is not None else {}
-    h.update(json.dumps({"mode": mode, "model": type(base_model(model)).__name__, "config": config,
-                         "image_processor": ip, "dtype": str(next(model.parameters()).dtype)},
-                        sort_keys=True, default=str).encode())
-    _hash_module(h, vision_encoder(model))
-    if mode == "projected":
-        _hash_module(h, projector(model))
-    return h.hexdigest()[:24]
+    return {
+        "mode": mode,
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "model": type(base_model(model)).__name__,
+        "config": _sha(json.dumps(config, sort_keys=True, default=str).encode()),
+        "image_processor": _sha(json.dumps(ip, sort_keys=True, default=str).encode()),
+        "vision_encoder": _module_sha(vision_encoder(model)),
+        "projector": _module_sha(projector(model)) if mode == "projected" else None,
+    }
+
+
+def fingerprint(model, processor, mode: str) -> str:
+    """sha256 over fingerprint_parts: the folder name of one student's features."""
+    return _sha(json.dumps(fingerprint_parts(model, processor, mode), sort_keys=True).encode())
 
 
 def image_sha(image: bytes) -> str:
@@ -182,36 +218,148 @@ def pooled_from(model, store: FeatureStore, features: torch.Tensor, sizes: torch
 
 
 @torch.no_grad()
-def fill(model, processor, examples: list[Example], store: FeatureStore) -> dict:
-    """Compute the features of every image not in the store yet (vision tower in eval mode)."""
+def check_exact(model, processor, image: bytes, store: FeatureStore, entry: torch.Tensor | None = None) -> torch.Tensor:
+    """The live features of `image` must equal those rebuilt from its entry (the stored one, or else
+    the one just computed): otherwise the family is refused rather than trained on something else.
+    Also fixes store.as_list (list vs tensor pooler_output). Returns the entry."""
+    proj_input, pooled = _live(model, processor, image)
+    store.as_list = isinstance(pooled, (list, tuple))
+    if entry is None:
+        entry = _entry(store.mode, proj_input, pooled)
+    device = next(model.parameters()).device
+    rebuilt = pooled_from(model, store, entry.to(device), torch.tensor([entry.shape[0]]))
+    live = torch.cat(list(pooled)) if store.as_list else pooled
+    rebuilt = torch.cat(rebuilt) if store.as_list else rebuilt
+    if rebuilt.shape != live.shape or not torch.allclose(rebuilt.float(), live.float(), atol=1e-6, rtol=1e-5):
+        raise SvrdError(f"train.cache_vision_features: cached features of {type(base_model(model)).__name__} "
+                        f"do not reproduce its live image features (mode {store.mode}, {store.dir})")
+    return entry
+
+
+@torch.no_grad()
+def fill(model, processor, images: Iterable[bytes | None], store: FeatureStore) -> dict:
+    """Compute the features of every image not in the store yet (vision tower in eval mode), checking
+    exactness on the first. `images` is consumed lazily: one decoded image in memory at a time.
+    Returns counts and `shas`, the distinct images in order of first appearance."""
     t0 = time.perf_counter()
     was_training = model.training
     model.eval()
-    images = {image_sha(ex.image): ex.image for ex in examples if ex.image is not None}
+    shas: dict[str, None] = {}
     computed = 0
     try:
-        first = next(iter(images.items()), None)
-        if first is not None:
-            # Exactness check on one image (also fixes list vs tensor pooler_output).
-            proj_input, pooled = _live(model, processor, first[1])
-            store.as_list = isinstance(pooled, (list, tuple))
-            entry = _entry(store.mode, proj_input, pooled)
-            rebuilt = pooled_from(model, store, entry, torch.tensor([entry.shape[0]]))
-            live = torch.cat(list(pooled)) if store.as_list else pooled
-            rebuilt = torch.cat(rebuilt) if store.as_list else rebuilt
-            if rebuilt.shape != live.shape or not torch.allclose(rebuilt.float(), live.float(), atol=1e-6, rtol=1e-5):
-                raise SvrdError(f"train.cache_vision_features: cached features of {type(base_model(model)).__name__} "
-                                f"do not reproduce its live image features (mode {store.mode}); not supported")
-        for sha, image in images.items():
-            if store.has(sha):
+        for image in images:
+            if image is None:
                 continue
-            proj_input, pooled = _live(model, processor, image)
-            store.save(sha, _entry(store.mode, proj_input, pooled))
-            computed += 1
+            sha = image_sha(image)
+            if not shas:  # exactness, checked on the stored entry when a killed run left one
+                entry = check_exact(model, processor, image, store, store.load(sha) if store.has(sha) else None)
+                if not store.has(sha):
+                    store.save(sha, entry)
+                    computed += 1
+            elif sha not in shas and not store.has(sha):
+                proj_input, pooled = _live(model, processor, image)
+                store.save(sha, _entry(store.mode, proj_input, pooled))
+                computed += 1
+            shas[sha] = None
     finally:
         model.train(was_training)
-    return {"images": len(images), "computed": computed, "reused": len(images) - computed,
-            "seconds": round(time.perf_counter() - t0, 2), "mode": store.mode, "fingerprint": store.dir.name}
+    return {"images": len(shas), "computed": computed, "reused": len(shas) - computed,
+            "seconds": round(time.perf_counter() - t0, 2), "mode": store.mode, "fingerprint": store.dir.name,
+            "shas": list(shas)}
+
+
+def iter_images(paths: Iterable[str | Path], progress=None) -> Iterator[bytes | None]:
+    """The `image` column of Parquet tables, read 64 rows at a time (never every image at once)."""
+    for path in paths:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=64, columns=["image"]):
+            for image in batch.column(0).to_pylist():
+                yield image
+                if progress is not None:
+                    progress.update(1)
+
+
+def _link(src: Path, dest: Path) -> None:
+    try:
+        os.link(src, dest)  # the work cache and the output share the bytes
+    except OSError:  # another filesystem (SVRD_CACHE_DIR elsewhere)
+        shutil.copyfile(src, dest)
+
+
+def write_features(model, processor, tables: dict[str, Path], out_dir: str | Path, work_root: str | Path,
+                   student: str) -> dict:
+    """The `features` stage on a loaded, frozen student: every distinct image of `tables` (split -> Parquet)
+    into out_dir/<fingerprint>/, plus out_dir/manifest.json. Returns the manifest with this run's counts
+    (computed, reused, seconds) added; the manifest itself holds only what the features depend on, so an
+    unchanged re-run writes an identical folder."""
+    mode = cache_mode(model)
+    parts = fingerprint_parts(model, processor, mode)
+    fp = fingerprint(model, processor, mode)
+    work = FeatureStore(work_root, fp, mode)
+    rows = {split: pq.ParquetFile(path).metadata.num_rows for split, path in tables.items()}
+    with tqdm(total=sum(rows.values()), desc="features", unit="img", mininterval=1.0) as bar:
+        stats = fill(model, processor, iter_images(tables.values(), bar), work)
+    first = work.load(stats["shas"][0]) if stats["shas"] else None
+    manifest = {
+        "enabled": True,
+        "student": student,
+        "fingerprint": fp,
+        "fingerprint_parts": parts,
+        "mode": mode,
+        "taken": TAKEN[mode],
+        "dtype": str(first.dtype).removeprefix("torch.") if first is not None else parts["dtype"],
+        "entry_shape": list(first.shape) if first is not None else None,  # of the first image
+        "pooled_as_list": work.as_list,
+        "image_tokens": count_image_tokens(processor),
+        "rows": rows,
+        "images": stats["images"],
+        "bytes": sum(work.path(sha).stat().st_size for sha in stats["shas"]),
+    }
+    with atomic_dir(out_dir) as tmp:
+        (tmp / fp).mkdir()
+        for sha in sorted(stats["shas"]):
+            _link(work.path(sha), tmp / fp / f"{sha}.safetensors")
+        write_json(tmp / MANIFEST, manifest)
+    return {**manifest, "computed": stats["computed"], "reused": stats["reused"], "seconds": stats["seconds"]}
+
+
+def write_disabled(out_dir: str | Path) -> dict:
+    """train.cache_vision_features false: the folder holds only a manifest saying so (no model is loaded)."""
+    manifest = {"enabled": False, "why": "train.cache_vision_features is false: distill reads pixel_values"}
+    with atomic_dir(out_dir) as tmp:
+        write_json(tmp / MANIFEST, manifest)
+    return manifest
+
+
+def open_features(root: str | Path, model, processor) -> FeatureStore:
+    """The features folder for the student distill trains; SvrdError, naming the mismatch, when it was
+    written for another student, for other freezing, or with the cache off."""
+    root = Path(root)
+    redo = "re-run `dvc repro features` (dvc repro and dvc exp run do so when its params change)"
+    if not (root / MANIFEST).is_file():
+        raise SvrdError(f"train.cache_vision_features: {root} has no {MANIFEST}; {redo}")
+    manifest = read_json(root / MANIFEST)
+    if not manifest.get("enabled"):
+        raise SvrdError(f"train.cache_vision_features is true but {root} was written with it false "
+                        f"(its manifest says disabled); {redo}")
+    mode = cache_mode(model)  # the vision encoder must still be frozen
+    fp = fingerprint(model, processor, mode)
+    if manifest["fingerprint"] != fp:
+        parts, theirs = fingerprint_parts(model, processor, mode), manifest.get("fingerprint_parts", {})
+        differ = [part for part in PART_CAUSES if theirs.get(part) != parts[part]]
+        if "mode" in differ:
+            differ = ["mode"]  # the other parts follow from it (the projector is hashed in one mode only)
+        why = "; ".join(
+            (f"features taken {TAKEN[theirs['mode']]} ({theirs['mode']}), but the student's projector "
+             f"{'is frozen' if mode == 'projected' else 'trains'} now ({PART_CAUSES['mode']})")
+            if part == "mode" else
+            f"{part} differs: {theirs.get(part)} vs {parts[part]} ({PART_CAUSES[part]})"
+            for part in differ) or "the fingerprints differ"
+        raise SvrdError(f"train.cache_vision_features: {root} holds the features of another student than the one "
+                        f"distill trains (fingerprint {manifest['fingerprint']}, student {manifest.get('student')!r}; "
+                        f"this student: {fp}): {why}; {redo}")
+    store = FeatureStore(root, fp, mode)
+    store.as_list = manifest["pooled_as_list"]
+    return store
 
 
 class CachedFeatureDataset(TrainingDataset):
@@ -257,10 +405,25 @@ def install(model, store: FeatureStore):
 
 def prepare(model, processor, train_examples: list[Example], val_examples: list[Example], max_length: int,
             root: str | Path):
-    """Fill the cache and return (train dataset, val dataset or None, hook handle, stats)."""
-    mode = cache_mode(model)
-    store = FeatureStore(root, fingerprint(model, processor, mode), mode)
-    stats = fill(model, processor, list(train_examples) + list(val_examples), store)
+    """Open the features folder (written by the `features` stage) for this student, check it covers every
+    image and reproduces the live features, and return (train dataset, val dataset or None, hook handle, stats)."""
+    t0 = time.perf_counter()
+    store = open_features(root, model, processor)
+    images = {image_sha(ex.image): ex.image for ex in [*train_examples, *val_examples] if ex.image is not None}
+    missing = [sha for sha in images if not store.has(sha)]
+    if missing:
+        raise SvrdError(f"train.cache_vision_features: {len(missing)} of {len(images)} train/val images have no "
+                        f"features in {store.dir} (written from other split tables?); re-run `dvc repro features`")
+    if images:
+        sha, image = next(iter(images.items()))
+        was_training = model.training
+        model.eval()
+        try:
+            check_exact(model, processor, image, store, store.load(sha))
+        finally:
+            model.train(was_training)
+    stats = {"dir": str(root), "images": len(images), "mode": store.mode, "fingerprint": store.dir.name,
+             "seconds": round(time.perf_counter() - t0, 2)}
     log.info("vision features: %s", stats)
     train_ds = CachedFeatureDataset(processor, train_examples, max_length, store)
     val_ds = CachedFeatureDataset(processor, val_examples, max_length, store) if val_examples else None

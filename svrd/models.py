@@ -169,3 +169,17 @@ def apply_image_tokens(model, processor, image_tokens: int) -> dict:
     log.info("student.image_tokens=%d is not applicable to %s (fixed resolution): it uses %d image tokens",
                 image_tokens, type(model).__name__, actual)
     return {"image_tokens": actual, "requested": image_tokens, "applied": False}
+
+
+def load_student(student, precision: str) -> tuple:
+    """The student as distill trains it, before LoRA: on its device at train.precision, student.image_tokens
+    applied, frozen as student.* says. Shared by the features and distill stages so that the cached
+    features' fingerprint (svrd.features) is taken on the very model distill trains.
+
+    Returns (model, processor, image-token info from apply_image_tokens, parameter counts from freeze)."""
+    device = pick_device()
+    model = load_model(student.model, student.trust_remote_code, pick_dtype(precision, device)).to(device)
+    processor = load_processor(student.model, student.trust_remote_code)
+    tokens = apply_image_tokens(model, processor, student.image_tokens)  # saved with the processor for infer
+    counts = freeze(model, vision=student.freeze_vision, projector_too=student.freeze_projector)
+    return model, processor, tokens, counts

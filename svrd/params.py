@@ -220,7 +220,7 @@ class TrainParams(_Section):
     group_by_length: StrictBool
     precision: Literal["auto", "fp32", "bf16", "fp16"]
     gradient_checkpointing: StrictBool
-    # frozen vision features computed once and reused across epochs/sweeps (svrd.features); needs student.freeze_vision
+    # frozen vision features from stage features (svrd.features), reused across epochs/sweeps; needs freeze_vision
     cache_vision_features: StrictBool = False
     save_steps: NonNegInt  # checkpoint every N optimizer steps; 0: no checkpoints (no resume)
     seed: Seed

@@ -1,25 +1,40 @@
-"""Cached frozen vision features (svrd.features): same loss as the live path, exact-only guards, reuse."""
+"""Cached frozen vision features (svrd.features, stage features): same loss as the live path through
+the DVC-tracked folder, exact-only guards, mismatch refusals, resume."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
-from tiny_models import FAMILIES, build_llava, corpus, fake_rationales, fake_records
+import yaml
+from tiny_models import FAMILIES, TEXT_WIDTH, build_llava, corpus, fake_rationales, fake_records
 
 from svrd.errors import SvrdError
 from svrd.examples import Collator, TrainingDataset, build_examples, tokenizer_of
 from svrd.features import (
+    MANIFEST,
     CachedFeatureDataset,
     FeatureStore,
     cache_mode,
     check_params,
     fill,
     fingerprint,
+    image_sha,
     install,
     prepare,
+    write_disabled,
+    write_features,
 )
+from svrd.io import write_table
 from svrd.models import freeze, load_model, load_processor, projector, vision_encoder
 from svrd.params import load_params
+
+REPO = Path(__file__).resolve().parents[1]
 
 torch.set_num_threads(1)
 
@@ -43,6 +58,21 @@ def student(path, freeze_projector: bool):
     return model, processor
 
 
+def split_tables(root: Path, train: list[dict], val: list[dict]) -> dict[str, Path]:
+    tables = {"train": root / "data/split/train.parquet", "val": root / "data/split/val.parquet"}
+    write_table(tables["train"], train)
+    write_table(tables["val"], val)
+    return tables
+
+
+def features_of(model, processor, tmp_path, examples=EXAMPLES, name="features") -> Path:
+    """What the features stage writes for `examples` (all in the train table)."""
+    rows = [r for r in RECORDS if r["pid"] in {ex.pid for ex in examples}]
+    tables = split_tables(tmp_path / f"{name}_tables", rows, [])
+    write_features(model, processor, tables, tmp_path / name, tmp_path / "work", "tiny")
+    return tmp_path / name
+
+
 def batch_of(dataset, idx):
     return Collator(tokenizer_of(dataset.processor).pad_token_id)([dataset[i] for i in idx])
 
@@ -62,7 +92,7 @@ def test_cached_features_give_the_live_loss_and_gradients(built, tmp_path, famil
     model, processor = student(built[family], freeze_projector)
     store = FeatureStore(tmp_path, fingerprint(model, processor, cache_mode(model)), cache_mode(model))
     assert store.mode == ("projected" if freeze_projector else "vision")
-    fill(model, processor, EXAMPLES, store)
+    fill(model, processor, (ex.image for ex in EXAMPLES), store)
     live = batch_of(TrainingDataset(processor, EXAMPLES, MAX_LEN), [0, 1, 2, 3])
     cached = batch_of(CachedFeatureDataset(processor, EXAMPLES, MAX_LEN, store), [0, 1, 2, 3])
     assert "pixel_values" in live and "pixel_values" not in cached and "vision_features" in cached
@@ -91,7 +121,7 @@ def test_a_short_training_run_gives_the_same_losses_step_by_step(built, tmp_path
         if cached:
             mode = cache_mode(model)
             store = FeatureStore(tmp_path, fingerprint(model, processor, mode), mode)
-            fill(model, processor, EXAMPLES, store)
+            fill(model, processor, (ex.image for ex in EXAMPLES), store)
             ds = CachedFeatureDataset(processor, EXAMPLES, MAX_LEN, store)
             install(model, store)
         else:
@@ -118,17 +148,20 @@ def test_a_short_training_run_gives_the_same_losses_step_by_step(built, tmp_path
 
 
 def test_distill_train_with_the_cache_matches_the_live_run(built, tmp_path):
-    """Through svrd.distill.train (Trainer): same train/val loss and weights; the hook is removed after."""
+    """Through the features stage's folder and svrd.distill.train (Trainer): same train/val loss and
+    weights as the live run; the hook is removed after."""
     from svrd.distill import train
 
     cfg = load_params().with_overrides({"train.epochs": 2, "train.batch_size": 2, "train.warmup_steps": 0,
                                         "train.save_steps": 0, "train.lr": 1e-3, "train.group_by_length": False,
                                         "train.cache_vision_features": True}).train
+    model, processor = student(built["llava"], freeze_projector=False)
+    features = features_of(model, processor, tmp_path)
     results = {}
     for cached in (False, True):
         model, processor = student(built["llava"], freeze_projector=False)
         stats = train(model, processor, EXAMPLES[:4], EXAMPLES[4:], cfg, str(tmp_path / f"ckpt{cached}"),
-                      vision_cache=tmp_path / "features" if cached else None)
+                      vision_cache=features if cached else None)
         results[cached] = (stats, {n: p.detach().clone() for n, p in model.named_parameters()}, model)
     (live, live_w, _), (cached, cached_w, model) = results[False], results[True]
     assert cached["vision_cache"]["images"] == 6 and cached["vision_cache"]["mode"] == "vision"
@@ -168,12 +201,14 @@ def test_params_default_off():
 def test_cache_is_reused_and_keyed_by_what_the_features_depend_on(built, tmp_path):
     model, processor = student(built["llava"], freeze_projector=True)
     fp = fingerprint(model, processor, "projected")
-    first = prepare(model, processor, EXAMPLES, [], MAX_LEN, tmp_path)
-    first[2].remove()
-    again = prepare(model, processor, EXAMPLES, [], MAX_LEN, tmp_path)
-    again[2].remove()
-    assert (first[3]["computed"], again[3]["computed"], again[3]["reused"]) == (6, 0, 6)
-    assert len(list((tmp_path / fp).glob("*.safetensors"))) == 6
+    tables = split_tables(tmp_path, RECORDS, [])
+    first = write_features(model, processor, tables, tmp_path / "out1", tmp_path / "work", "tiny")
+    again = write_features(model, processor, tables, tmp_path / "out2", tmp_path / "work", "tiny")
+    assert (first["computed"], again["computed"], again["reused"]) == (6, 0, 6)
+    assert len(list((tmp_path / "work" / fp).glob("*.safetensors"))) == 6
+    # an unchanged re-run writes the same folder (DVC sees the same output: distill does not re-run)
+    assert sorted(os.listdir(tmp_path / "out1" / fp)) == sorted(os.listdir(tmp_path / "out2" / fp))
+    assert (tmp_path / "out1" / MANIFEST).read_bytes() == (tmp_path / "out2" / MANIFEST).read_bytes()
 
     # the text model's weights do not matter; the projector's only after the projector
     with torch.no_grad():
@@ -191,6 +226,149 @@ def test_cache_is_reused_and_keyed_by_what_the_features_depend_on(built, tmp_pat
     model2, processor2 = student(built["llava"], freeze_projector=True)
     processor2.image_processor.image_mean = [0.0, 0.0, 0.0]
     assert fingerprint(model2, processor2, "projected") != fp
+
+
+def test_lora_keeps_the_fingerprint(built):
+    """distill applies LoRA after loading: the features stage's fingerprint must still match."""
+    from svrd.lora import apply_lora
+
+    lora = load_params().with_overrides({"train.lora.enabled": True}).train.lora
+    for freeze_projector in (True, False):
+        model, processor = student(built["llava"], freeze_projector)
+        mode = cache_mode(model)
+        before = fingerprint(model, processor, mode)
+        model = apply_lora(model, lora, train_projector=not freeze_projector)
+        freeze(model, vision=True, projector_too=freeze_projector)
+        assert cache_mode(model) == mode and fingerprint(model, processor, mode) == before
+
+
+def test_a_killed_stage_resumes_from_the_work_cache(built, tmp_path, monkeypatch):
+    model, processor = student(built["llava"], freeze_projector=True)
+    tables = split_tables(tmp_path, RECORDS[:4], RECORDS[4:])
+    out = tmp_path / "data/features"
+    saved = []
+    real_save = FeatureStore.save
+
+    def dying_save(self, sha, features):
+        if len(saved) == 3:
+            raise KeyboardInterrupt  # killed after three images
+        real_save(self, sha, features)
+        saved.append(sha)
+
+    monkeypatch.setattr(FeatureStore, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        write_features(model, processor, tables, out, tmp_path / "work", "tiny")
+    assert [p.name for p in out.parent.iterdir()] == ["split"]  # no output, no half-assembled folder
+    monkeypatch.setattr(FeatureStore, "save", real_save)
+    done = write_features(model, processor, tables, out, tmp_path / "work", "tiny")
+    assert (done["computed"], done["reused"], done["images"]) == (3, 3, 6)
+    assert len(list((out / done["fingerprint"]).glob("*.safetensors"))) == 6
+
+
+def test_a_mismatched_folder_is_refused_naming_the_mismatch(built, tmp_path):
+    model, processor = student(built["llava"], freeze_projector=True)
+    features = features_of(model, processor, tmp_path)
+    prepare(model, processor, EXAMPLES, [], MAX_LEN, features)[2].remove()  # the student it was written for
+
+    trains_projector, processor2 = student(built["llava"], freeze_projector=False)
+    with pytest.raises(SvrdError, match=r"features taken after the projector .* student.freeze_projector"):
+        prepare(trains_projector, processor2, EXAMPLES, [], MAX_LEN, features)
+
+    other, processor3 = student(built["llava"], freeze_projector=True)
+    with torch.no_grad():
+        next(vision_encoder(other).parameters()).add_(1.0)
+    with pytest.raises(SvrdError, match=r"another student .* vision_encoder differs: .*vision encoder's weights"):
+        prepare(other, processor3, EXAMPLES, [], MAX_LEN, features)
+
+    half, processor4 = student(built["llava"], freeze_projector=True)
+    half.to(torch.float16)
+    with pytest.raises(SvrdError, match=r"dtype differs: float32 vs float16 .*train.precision"):
+        prepare(half, processor4, EXAMPLES, [], MAX_LEN, features)
+
+    unfrozen, processor5 = student(built["llava"], freeze_projector=True)
+    for p in vision_encoder(unfrozen).parameters():
+        p.requires_grad_(True)
+    with pytest.raises(SvrdError, match="frozen vision encoder"):
+        prepare(unfrozen, processor5, EXAMPLES, [], MAX_LEN, features)
+
+    few = features_of(model, processor, tmp_path, EXAMPLES[:3], name="few")
+    with pytest.raises(SvrdError, match="3 of 6 train/val images have no features"):
+        prepare(model, processor, EXAMPLES, [], MAX_LEN, few)
+
+    write_disabled(tmp_path / "off")
+    with pytest.raises(SvrdError, match="written with it false"):
+        prepare(model, processor, EXAMPLES, [], MAX_LEN, tmp_path / "off")
+    with pytest.raises(SvrdError, match="has no manifest.json"):
+        prepare(model, processor, EXAMPLES, [], MAX_LEN, tmp_path / "nowhere")
+
+
+def test_a_stale_entry_is_refused(built, tmp_path):
+    """A stored entry that no longer reproduces the live features (tampered, or another machine's numerics)."""
+    model, processor = student(built["llava"], freeze_projector=True)
+    features = features_of(model, processor, tmp_path)
+    from safetensors.torch import save_file
+
+    fp = fingerprint(model, processor, "projected")
+    for path in (features / fp).glob("*.safetensors"):
+        path.unlink()  # a hard link into the work cache: replace, never write through
+        save_file({"features": torch.zeros(1, 64, 64)}, str(path))
+    with pytest.raises(SvrdError, match="do not reproduce its live image features"):
+        prepare(model, processor, EXAMPLES, [], MAX_LEN, features)
+
+
+# --- the stage as a subprocess -----------------------------------------------------------------
+
+
+def run_stage(project: Path, **overrides) -> subprocess.CompletedProcess:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for dotted, value in overrides.items():
+        section, key = dotted.split(".")
+        params[section][key] = value
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1",
+           "SVRD_CACHE_DIR": str(project / "cache")}
+    return subprocess.run([sys.executable, str(REPO / "stages" / "features.py")], cwd=project, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_stage_writes_features_for_every_train_and_val_image(built, tmp_path):
+    no_image = {**RECORDS[0], "pid": "2000", "image": None}
+    same_image = {**RECORDS[1], "pid": "2001"}  # one entry per distinct image
+    train, val = [*RECORDS[:4], no_image, same_image], RECORDS[4:]
+    split_tables(tmp_path, train, val)
+    proc = run_stage(tmp_path, **{"student.model": built["llava"], "train.cache_vision_features": True,
+                                  "student.freeze_projector": True})
+    assert proc.returncode == 0, proc.stderr
+    assert "features: 6 images of 8 train/val rows (6 computed, 0 from the work cache" in proc.stdout
+    manifest = json.loads((tmp_path / "data/features" / MANIFEST).read_text())
+    fp = manifest["fingerprint"]
+    assert {k: manifest[k] for k in ("enabled", "student", "mode", "taken", "dtype", "rows", "images")} == {
+        "enabled": True, "student": built["llava"], "mode": "projected", "taken": "after the projector",
+        "dtype": "float32", "rows": {"train": 6, "val": 2}, "images": 6}
+    assert manifest["entry_shape"] == [1, 64, TEXT_WIDTH] and manifest["image_tokens"] == 64
+    assert {p.name for p in (tmp_path / "data/features" / fp).iterdir()} == {
+        f"{image_sha(r['image'])}.safetensors" for r in RECORDS}
+    assert {p.name for p in (tmp_path / "data/features").iterdir()} == {MANIFEST, fp}
+
+    model, processor = student(built["llava"], freeze_projector=True)
+    assert fingerprint(model, processor, "projected") == fp  # the student distill loads (svrd.models.load_student)
+
+
+def test_stage_disabled_writes_only_the_disabled_manifest(tmp_path):
+    split_tables(tmp_path, RECORDS[:4], RECORDS[4:])
+    # no student there at all: disabled, the stage loads nothing
+    proc = run_stage(tmp_path, **{"student.model": str(tmp_path / "missing"), "train.cache_vision_features": False})
+    assert proc.returncode == 0, proc.stderr
+    assert "features: disabled" in proc.stdout
+    assert os.listdir(tmp_path / "data/features") == [MANIFEST]
+    assert json.loads((tmp_path / "data/features" / MANIFEST).read_text())["enabled"] is False
+
+
+def test_stage_refuses_cache_with_a_trained_vision_encoder(tmp_path):
+    split_tables(tmp_path, RECORDS[:4], RECORDS[4:])
+    proc = run_stage(tmp_path, **{"train.cache_vision_features": True, "student.freeze_vision": False})
+    assert proc.returncode == 1 and "needs student.freeze_vision: true" in proc.stderr
+    assert not (tmp_path / "data/features").exists()
 
 
 def test_build_llava_fixture_is_the_project_student(built):

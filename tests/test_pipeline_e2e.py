@@ -11,7 +11,7 @@ from project_copy import run
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("pipeline")]
 
-STAGES = ["sample", "filter", "split", "tiny_student", "teach", "distill", "prefer",
+STAGES = ["sample", "filter", "split", "tiny_student", "teach", "features", "distill", "prefer",
           "infer@base", "infer@distilled", "infer@preferred", "score"]
 MODELS = ("base", "distilled", "preferred")
 
@@ -23,8 +23,10 @@ def ran_stages(output: str) -> list[str]:
 def test_repro_runs_every_stage_and_writes_the_artifacts(pipeline_run):
     project, out = pipeline_run["project"], pipeline_run["repro"].stdout
     assert ran_stages(out) == STAGES
-    for line in ("filter: read", "split: train", "teach:", "distill:", "infer distilled:", "score distilled:"):
+    for line in ("filter: read", "split: train", "teach:", "features: disabled", "distill:", "infer distilled:",
+                 "score distilled:"):
         assert line in out
+    assert json.loads((project / "data/features/manifest.json").read_text())["enabled"] is False
     problems = pq.read_table(project / "data/filtered/problems.parquet")
     assert problems.num_rows == 60 and len(set(problems.column("pid").to_pylist())) == 60
     splits = {s: set(pq.read_table(project / f"data/split/{s}.parquet").column("pid").to_pylist())
@@ -71,3 +73,22 @@ def test_push_then_pull_teach_restores_the_rationales(pipeline_run, tmp_path):
     assert (project / "data/teach/rationales.parquet").read_bytes() == before
     status = run(["dvc", "status", "teach"], project, env).stdout
     assert "up to date" in status
+
+
+def test_cached_vision_features_give_the_live_distill_loss(pipeline_run):
+    """`-S train.cache_vision_features=true`: the features stage fills data/features, distill trains on
+    it with the live run's losses; a later sweep over the learning rate reuses it."""
+    project, env = pipeline_run["project"], pipeline_run["env"]
+    run(["dvc", "repro", "distill"], project, env)  # the live run of the workspace's params (earlier tests)
+    live = json.loads((project / "metrics/distill.json").read_text())
+    out = run(["dvc", "exp", "run", "-S", "train.cache_vision_features=true", "distill"], project, env).stdout
+    assert ran_stages(out) == ["features", "distill"]
+    cached = json.loads((project / "metrics/distill.json").read_text())
+    manifest = json.loads((project / "data/features/manifest.json").read_text())
+    assert manifest["enabled"] and manifest["mode"] == "vision"  # projector trains (student.freeze_projector false)
+    assert cached["vision_cache"]["images"] == manifest["images"] > 0
+    for key in ("train_loss", "val_loss"):  # both rounded to 4 places
+        assert abs(cached[key] - live[key]) <= 1e-4, (key, live[key], cached[key])
+    out = run(["dvc", "exp", "run", "-S", "train.cache_vision_features=true", "-S", "train.lr=1e-4", "distill"],
+              project, env).stdout
+    assert ran_stages(out) == ["distill"]
