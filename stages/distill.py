@@ -48,7 +48,7 @@ def main() -> None:
 
     model, processor, tokens, counts = load_student(s, t.precision)  # as the features stage loads it
     if t.lora.enabled:
-        model = apply_lora(model, t.lora, train_projector=not s.freeze_projector)
+        model = apply_lora(model, t.lora, train_projector=not s.freeze_projector, seed=t.seed)
         counts = freeze(model, vision=s.freeze_vision, projector_too=s.freeze_projector)
 
     vision_cache = FEATURES if t.cache_vision_features else None  # written by the features stage

@@ -38,6 +38,14 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def end_process_group() -> None:
+    """Tear down the process group a data-parallel run (torchrun / accelerate launch) made, before
+    the interpreter exits: left to the exit-time destructors, gloo aborted a rank now and then."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def run(main: Callable[[], None]) -> None:
     """Run a stage's main(); a user-facing error prints one clear line and exits 1."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -48,4 +56,6 @@ def run(main: Callable[[], None]) -> None:
     except SvrdError as exc:
         print(f"{name}: error: {exc}", file=sys.stderr)
         sys.exit(1)
+    finally:
+        end_process_group()
     logging.getLogger("svrd").info("%s took %.1f s", name, time.perf_counter() - t0)
