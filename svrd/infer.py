@@ -51,6 +51,7 @@ from tqdm import tqdm
 from svrd.answers import extract_choice
 from svrd.examples import Example, messages_for, tokenizer_of
 from svrd.images import open_png
+from svrd.io import atomic_path
 from svrd.rationale import TAG_RE
 from svrd.records import LETTERS
 
@@ -420,8 +421,6 @@ def load_partial(path) -> dict[str, dict]:
     are drawn together (padding, per-batch sampling seeds), and one batch can take several writes,
     so a kill may leave part of one: those rows are dropped and cut off too, and the resumed run
     redoes the batch whole, as an uninterrupted run did it."""
-    from svrd.io import atomic_path
-
     if not path.exists():
         return {}
     data = path.read_bytes()

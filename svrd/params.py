@@ -23,6 +23,7 @@ from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -67,6 +68,8 @@ Seed = NonNegInt
 # string; pydantic's lax mode turns the string back into the float.)
 Float = Annotated[float, BeforeValidator(_no_bool), Field(allow_inf_nan=False)]
 PosFloat = Annotated[Float, Field(gt=0)]
+# A positive number kept an int when whole (`epochs: 6` in logs and file names; `epochs: 0.5` allowed).
+PosCount = Annotated[PosFloat, AfterValidator(_int_if_integral)]
 NonNegFloat = Annotated[Float, Field(ge=0)]
 Share = Annotated[Float, Field(ge=0, le=1)]
 Text = Annotated[str, Field(min_length=1)]
@@ -191,17 +194,12 @@ class TinyParams(_Section):
 class LoraParams(_Section):
     enabled: StrictBool
     r: PosInt
-    alpha: PosFloat  # whole numbers stay ints, as PEFT expects
+    alpha: PosCount  # whole numbers stay ints, as PEFT expects
     dropout: Annotated[Float, Field(ge=0, lt=1)]
     # 'all-linear' (every linear layer of the text model; never the vision tower, projector or
     # output head) or leaf module names (q_proj, v_proj, ...), again within the text model only
     target_modules: Text | Annotated[tuple[Text, ...], Field(min_length=1)]
     merge: StrictBool
-
-    @field_validator("alpha")
-    @classmethod
-    def _alpha_int(cls, value: float) -> float:
-        return _int_if_integral(value)
 
 
 class TrainParams(_Section):
@@ -210,7 +208,7 @@ class TrainParams(_Section):
     mix_answer_share: Share
     optimizer: Literal["adam", "adamw", "sgd", "adafactor"]
     lr: PosFloat
-    epochs: PosFloat  # fractional epochs allowed (e.g. 0.5); whole numbers stay ints
+    epochs: PosCount  # fractional epochs allowed (e.g. 0.5)
     batch_size: PosInt
     grad_accum: PosInt
     warmup_steps: NonNegInt
@@ -227,11 +225,6 @@ class TrainParams(_Section):
     eval_questions: NonNegInt  # validation questions answered after each epoch; 0: off
     eval_max_new_tokens: PosInt
     lora: LoraParams
-
-    @field_validator("epochs")
-    @classmethod
-    def _epochs_int(cls, value: float) -> float:
-        return _int_if_integral(value)
 
     @model_validator(mode="after")
     def _mix_share(self) -> TrainParams:
@@ -258,18 +251,13 @@ class PreferParams(_Section):
     max_pairs: PosInt  # m: pairs per question
     beta: PosFloat
     lr: PosFloat
-    epochs: PosFloat  # whole numbers stay ints
+    epochs: PosCount
     train_batch_size: PosInt
     grad_accum: PosInt
     warmup_steps: NonNegInt
     max_length: PosInt
     precision: Literal["auto", "fp32", "bf16", "fp16"]
     seed: Seed
-
-    @field_validator("epochs")
-    @classmethod
-    def _epochs_int(cls, value: float) -> float:
-        return _int_if_integral(value)
 
     @model_validator(mode="after")
     def _band(self) -> PreferParams:
