@@ -33,7 +33,7 @@ def cfg(base_url: str, concurrency: int) -> types.SimpleNamespace:
     return types.SimpleNamespace(
         backend="openai", model="fake-teacher", base_url=base_url, api_key_env="SVRD_BENCH_KEY",
         concurrency=concurrency, batch_size=1, samples=1, temperature=0.0, max_new_tokens=512,
-        timeout_s=30.0, max_retries=2, on_disagree="substitute",
+        timeout_s=30.0, max_retries=2, on_disagree="substitute", on_contradiction="keep",
     )
 
 

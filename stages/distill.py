@@ -15,7 +15,7 @@ from svrd.features import check_params
 from svrd.infer import accuracy_on
 from svrd.io import read_rows, write_json
 from svrd.lora import apply_lora
-from svrd.models import freeze, load_student
+from svrd.models import freeze, image_tokens_line, load_student, mixed_precision, pick_device
 from svrd.params import load_params
 from svrd.split import refuse_test_pids
 from svrd.stage import (
@@ -38,11 +38,13 @@ def main() -> None:
     # after the projector when student.freeze_projector, before it otherwise; svrd.features.prepare checks
     # that data/features was written for this very student and freezing, and refuses it otherwise).
     check_params(s, t)
+    mixed_precision(t.precision, pick_device())  # train.precision=fp16 on CPU is refused here, before any work
     train_rows = read_rows(SPLIT_DIR / "train.parquet")
     val_rows = read_rows(SPLIT_DIR / "val.parquet")
     rationales = {r["pid"]: r for r in read_rows(RATIONALES)}
-    refuse_test_pids([r["pid"] for r in train_rows + val_rows] + list(rationales),
-                     {r["pid"]: r["split"] for r in train_rows + val_rows + list(rationales.values())}, stage="distill")
+    # Each row's own split: a pid-keyed map let a rationale marked "train" hide a test row of the same pid.
+    inputs = train_rows + val_rows + list(rationales.values())
+    refuse_test_pids([r["pid"] for r in inputs], splits=[r.get("split") for r in inputs], stage="distill")
     examples = build_examples(train_rows, rationales, t.target, t.conclusion, t.mix_answer_share, t.seed)
     val_examples = build_examples(val_rows, rationales, t.target, t.conclusion, t.mix_answer_share, t.seed)
 
@@ -65,14 +67,15 @@ def main() -> None:
     save_student(model, processor, DISTILLED, merge=t.lora.merge)
     shutil.rmtree(checkpoints, ignore_errors=True)  # finished: checkpoints were only for resuming
     stats.update(counts, trust_remote_code=s.trust_remote_code, image_tokens=tokens["image_tokens"],
-                 image_tokens_applied=tokens["applied"], lora=t.lora.enabled)
+                 image_tokens_applied=tokens["applied"], image_processing=tokens["how"], family=tokens["family"],
+                 lora=t.lora.enabled)
     write_json(METRICS / "distill.json", stats)
     print(f"distill: {stats['examples']} examples, {stats['steps']} steps (effective batch {stats['effective_batch']}), "
           f"train loss {stats['train_loss']}, val loss {stats.get('val_loss')}, {stats['tokens_per_s']} tokens/s, "
           f"{counts['trainable'] / 1e6:.2f}M of {counts['parameters'] / 1e6:.2f}M parameters trained"
           + (" (LoRA)" if t.lora.enabled else "")
-          + f", {tokens['image_tokens']} image tokens"
-          + ("" if tokens["applied"] else f" (student.image_tokens={s.image_tokens} not applicable: fixed resolution)")
+          + f", {image_tokens_line(tokens)}"
+          + (f", {stats['truncated_targets']} targets cut after </CONCLUSION>" if stats["truncated_targets"] else "")
           + (" [trust_remote_code ON]" if s.trust_remote_code else ""))
 
 

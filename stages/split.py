@@ -14,7 +14,11 @@ def main() -> None:
     counts = split_file(FILTERED, SPLIT_DIR, p.strategy, tuple(p.fractions), p.seed,
                         p.max_train, p.max_val, p.max_test)
     write_json(METRICS / "split.json", counts)
-    print("split: " + " / ".join(f"{k} {v}" for k, v in counts.items()) + f" ({p.strategy})")
+    dup = counts.pop("duplicates")
+    twins = dup["test_in_train"] + dup["test_in_val"]
+    print("split: " + " / ".join(f"{k} {v}" for k, v in counts.items()) + f" ({p.strategy}); "
+          f"{twins} test questions have a twin in train/val by content, {dup['val_in_train']} val in train"
+          + (f" (e.g. pid {dup['examples'][0][0]} = pid {dup['examples'][0][1]})" if dup["examples"] else ""))
 
 
 if __name__ == "__main__":

@@ -3,8 +3,10 @@
     dvc repro teach
     dvc exp run -S teach.backend=openai -S teach.model=Xkev/Llama-3.2V-11B-cot -S teach.base_url=http://localhost:8000/v1
 
-Answers are cached in $SVRD_CACHE_DIR (default .svrd_cache/): a killed run resumes without
-repeating a request. The API key is read from the variable named by teach.api_key_env.
+Answers are cached in $SVRD_CACHE_DIR (default .svrd_cache/), keyed by the content of each request
+(prompt text, image bytes, model, decoding, sample): a killed run resumes without repeating a
+request, and a question changed under the same pid is asked again. The API key is read from the
+variable named by teach.api_key_env.
 """
 
 import sys

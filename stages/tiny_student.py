@@ -1,13 +1,21 @@
-"""Build the embedded tiny student (tokenizer trained on the training text, LLaVA from a config).
+"""Build the embedded tiny student, then pre-train it on the training images' captions.
+
+The tokenizer is trained on the training text, the LLaVA-style model made from a config; then an
+alignment stage (image -> caption, tiny.pretrain) gives it what the paper's student had before
+distillation: it can see and describe an image, and was never taught a question.
 
     python stages/tiny_student.py
 """
 
-from svrd.io import read_rows
+import shutil
+
+from dvclive import Live
+from svrd.distill import run_fingerprint
+from svrd.io import read_rows, write_json
 from svrd.params import load_params
 from svrd.prompts import format_question
-from svrd.stage import SPLIT_DIR, TINY_STUDENT, run
-from svrd.tiny import build_tiny_student
+from svrd.stage import LIVE_TINY, METRICS, SPLIT_DIR, TINY_STUDENT, cache_dir, run
+from svrd.tiny import build_tiny_student, caption_examples, pretrain_captions
 
 TEXT_FIELDS = ("lecture", "solution", "caption", "hint")
 
@@ -21,13 +29,27 @@ def training_text(rows):
 
 def main() -> None:
     p = load_params().tiny
-    columns = ["question", "choices", "hint", *TEXT_FIELDS[:3]]
-    rows = read_rows(SPLIT_DIR / "train.parquet", columns) + read_rows(SPLIT_DIR / "val.parquet", columns)
-    info = build_tiny_student(TINY_STUDENT, training_text(rows), vocab_size=p.vocab_size, image_size=p.image_size,
-                              patch_size=p.patch_size, vision_width=p.vision_width, vision_layers=p.vision_layers,
-                              text_width=p.text_width, text_layers=p.text_layers, heads=p.heads, seed=p.seed)
+    columns = ["pid", "question", "choices", "hint", "image", *TEXT_FIELDS[:3]]
+    train_rows = read_rows(SPLIT_DIR / "train.parquet", columns)
+    val_rows = read_rows(SPLIT_DIR / "val.parquet", columns)
+    shape = p.model_dump(exclude={"pretrain"})
+    info = build_tiny_student(TINY_STUDENT, training_text(train_rows + val_rows), **shape)
+    summary = {**info, "pretrain": p.pretrain.data}
+    if p.pretrain.data == "caption":
+        key = run_fingerprint(str(info), p.model_dump(), caption_examples(train_rows, p.pretrain.prompt))
+        checkpoints = cache_dir() / "tiny_student" / key
+        with Live(str(LIVE_TINY), save_dvc_exp=False, dvcyaml=None) as live:
+            stats = pretrain_captions(TINY_STUDENT, train_rows, val_rows, p.pretrain, p.seed, checkpoints, live)
+        shutil.rmtree(checkpoints, ignore_errors=True)
+        summary.update({f"pretrain_{k}": stats[k] for k in ("steps", "train_loss", "val_loss", "wall_s") if k in stats})
+        summary["pretrain_images"] = len(caption_examples(train_rows, p.pretrain.prompt))
+    write_json(METRICS / "tiny_student.json", summary)
     print(f"tiny_student: {info['parameters'] / 1e6:.2f}M parameters, vocabulary {info['vocab']}, "
-          f"{info['image_tokens']} image tokens -> {TINY_STUDENT}")
+          f"{info['image_tokens']} image tokens"
+          + (f"; captions of {summary['pretrain_images']} training images, {summary['pretrain_steps']} steps, "
+             f"val loss {summary.get('pretrain_val_loss')}, {summary['pretrain_wall_s']} s"
+             if p.pretrain.data == "caption" else "; not pre-trained (tiny.pretrain.data: none)")
+          + f" -> {TINY_STUDENT}")
 
 
 if __name__ == "__main__":

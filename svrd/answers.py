@@ -21,6 +21,12 @@ read for tier 1 only):
 5. exactly one option's text is mentioned (an option mentioned only inside a longer
    option, "Virginia" inside "West Virginia", does not count).
 A capital letter followed by more letters ("Illinois") is never a letter choice.
+
+Rejected options are never read as chosen: an option named after a negation in the same clause
+("not A", "the answer isn't B", "the magnets do not attract", "rather than repel") or before
+"is not/wrong/incorrect" is left out of every tier, so "The magnets do not attract." is None
+and "Not B, it is A" is A. A letter whose own words name another option ("A. attract" when A is
+repel, "repel (A)" in a conclusion) is a contradiction and gives None.
 """
 
 from __future__ import annotations
@@ -55,6 +61,17 @@ _LETTER_PAIR_RE = re.compile(r"(?<![A-Za-z0-9'’.])([A-Z])\s*(?:,|/|\bor\b|\ban
 _LONE_LETTER_RE = re.compile(r"(?<![A-Za-z0-9'’.\-])([A-Z])(?=\s*$|[.,;:!?)\]](?:\s|$))")
 _TAIL_CHARS = 400  # how far after "the answer is" to look (keeps long degenerate outputs linear)
 _DECORATION = " \t\r\n*_\"'`"
+# Words that reject the option named right after them, within the same clause.
+_NEGATION_RE = re.compile(
+    r"(?:\b(?:not|never|cannot|neither|nor|without|except|instead\s+of|rather\s+than|other\s+than)|n['’]t)\b",
+    re.IGNORECASE,
+)
+_NEGATION_REACH = 5  # words between a negation and the option it rejects ("don't think the answer is B")
+# ... or right after them: "A is not correct", "repel is wrong".
+_REJECTED_AFTER_RE = re.compile(
+    r"[\s)\]]*(?:is|are|would\s+be)\s+(?:not\b|never\b|incorrect|wrong)|[\s)\]]*isn['’]t", re.IGNORECASE
+)
+_CLAUSE_END_RE = re.compile(r"(?<!\d)[.;:!?,](?!\d)|\n")
 _FILLER_RE = re.compile(
     r"^(?:(?:so|thus|therefore|hence)\s+)?(?:the\s+)?(?:(?:correct|final|best|right)\s+)?"
     r"(?:answer|option|choice)\s+(?:is\s+)?"
@@ -70,6 +87,30 @@ def normalize(text: str) -> str:
 
 def _strip_article(text: str) -> str:
     return re.sub(r"^(?:the|a|an)\s+", "", text)
+
+
+def _rejected(text: str, start: int, end: int) -> bool:
+    """Whether the option named at text[start:end] is negated rather than chosen."""
+    clause = _CLAUSE_END_RE.split(text[:start])[-1]
+    if _NEGATION_RE.search(" ".join(clause.split()[-_NEGATION_REACH:])):
+        return True
+    return _REJECTED_AFTER_RE.match(text, end) is not None
+
+
+def _option_spans(text: str, option: str) -> list[tuple[int, int]]:
+    """Where the option's words occur in `text` (case, punctuation and spacing ignored)."""
+    words = normalize(option).split()
+    if not words:
+        return []
+    between = r"(?:[^\w.]|_|\.(?!\d)|(?<!\d)\.)+"  # what normalize() turns into spaces
+    pattern = r"(?<!\w)" + between.join(re.escape(w) for w in words) + r"(?!\w)"
+    return [m.span() for m in re.finditer(pattern, text, re.IGNORECASE)]
+
+
+def _rejected_options(text: str, choices: list[str]) -> set[int]:
+    """Options named after a negation somewhere in `text` ("do not attract", "not repel")."""
+    return {i for i, choice in enumerate(choices)
+            if any(_rejected(text, s, e) for s, e in _option_spans(text, choice))}
 
 
 def _letter_index(letter: str, choices: list[str]) -> int:
@@ -92,18 +133,36 @@ def _lead_letter(text: str, choices: list[str], allow_lower: bool) -> int | None
     if closed:
         if not letter.isupper() and not opened:
             return None
-        return _letter_index(letter, choices)
+        return _with_label(_letter_index(letter, choices), text[m.end():], choices)
     if not letter.isupper() and not allow_lower:
         return None
     rest = text[m.end():].lstrip("*_\"'`}$")
     if rest.strip() == "" or re.match(r"[.,;:!?]+(?:\s|$)|\s*[-–—]\s", rest):
-        return _letter_index(letter, choices)
+        return _with_label(_letter_index(letter, choices), rest, choices)
     index = _letter_index(letter, choices)
     if index != _REFUSE and rest[:1].isspace():
         words, option = normalize(rest), normalize(choices[index])
         if option and (words == option or words.startswith(option + " ")):
             return index
     return None
+
+
+def _with_label(index: int, rest: str, choices: list[str]) -> int:
+    """`index`, unless the words after the letter ("A. attract") name or reject another option.
+
+    Only the rest of the letter's line and sentence is read: "Repel would need like poles." on
+    the next line is an explanation, not the letter's label."""
+    if index == _REFUSE:
+        return index
+    if _REJECTED_AFTER_RE.match(rest):  # "(B) is wrong"
+        return _REFUSE
+    label = re.split(r"(?<=[a-z0-9)])[.!?](?:\s|$)|\n", rest.lstrip(" .,;:!?)]-–—"), maxsplit=1)[0]
+    if not label.strip():
+        return index
+    if index in _rejected_options(label, choices):
+        return _REFUSE
+    named = _text_choice(label, choices)
+    return _REFUSE if named is not None and named != index else index
 
 
 def _mentioned(text: str, choices: list[str]) -> list[int]:
@@ -119,9 +178,12 @@ def _mentioned(text: str, choices: list[str]) -> list[int]:
         if found:
             spans[i] = found
     out = []
+    rejected = _rejected_options(text, choices) if spans else set()
     for i, found in spans.items():
         others = [s for j, sp in spans.items() if j != i for s in sp]
-        if any(not any(a <= s and e <= b and (b - a) > (e - s) for a, b in others) for s, e in found):
+        if i not in rejected and any(
+            not any(a <= s and e <= b and (b - a) > (e - s) for a, b in others) for s, e in found
+        ):
             out.append(i)
     return out
 
@@ -154,14 +216,16 @@ def _statement_choices(text: str, choices: list[str]) -> list[int]:
     """The option (or _REFUSE) each answer statement names, in order; undetermined ones left out."""
     found = []
     for m in _STATEMENT_RE.finditer(text):
+        if _rejected(text, m.start(), m.start()):  # "I don't think the answer is B" names no answer
+            continue
         tail = text[m.end():m.end() + _TAIL_CHARS]
         index = _lead_letter(tail, choices, allow_lower=True)
         if index is None:
             line = tail.split("\n", 1)[0]
             sentence = re.split(r"(?<=[a-z0-9)])[.!?](?:\s|$)", line, maxsplit=1)[0]
-            index = _exact_text(sentence, choices)
-            if index is None:
-                index = _text_choice(sentence, choices)
+            index = _text_choice(sentence, choices)
+            if index is not None and _option_letters(sentence, choices) - {LETTERS[index]}:
+                index = _REFUSE  # "Answer: repel (A)" when A is attract
         if index is not None:
             found.append(index)
     return found
@@ -176,18 +240,32 @@ def _bare_or_lead(text: str, choices: list[str]) -> int | None:
         return _letter_index(m.group(1), choices)
     index = _lead_letter(clean, choices, allow_lower=False)
     if index is not None and index != _REFUSE:
-        # "(A) attract (B) repel" echoes the options; it does not choose A.
+        # "(A) attract (B) repel" or "A) attract" over "B) repel" echoes the options; it does not choose A.
         others = {m.group(1) for pattern in _MARKER_RES for m in pattern.finditer(clean)}
-        if others - {LETTERS[index]}:
+        lines = [_lead_letter(line.strip(_DECORATION), choices, allow_lower=False) for line in clean.splitlines()[1:]]
+        if others - {LETTERS[index]} or any(i is not None and i != index for i in lines):
             return _REFUSE
     return index
 
 
-def _markers(text: str, choices: list[str], lone_letters: bool) -> int | None:
-    letters = {m.group(1) for pattern in _MARKER_RES for m in pattern.finditer(text)}
-    letters |= {g for m in _LETTER_PAIR_RE.finditer(text) for g in m.groups()}
+def _letters(text: str, lone_letters: bool) -> set[str]:
+    """Letters that choice markers name in `text`, leaving out rejected ones ("not (B)")."""
+    found = [m.span(1) for pattern in _MARKER_RES for m in pattern.finditer(text)]
+    found += [m.span(g) for m in _LETTER_PAIR_RE.finditer(text) for g in (1, 2)]
     if lone_letters:
-        letters |= {m.group(1) for m in _LONE_LETTER_RE.finditer(text)}
+        found += [m.span(1) for m in _LONE_LETTER_RE.finditer(text)]
+    return {text[s:e] for s, e in found if not _rejected(text, s, e)}
+
+
+def _option_letters(text: str, choices: list[str]) -> set[str]:
+    """Letters of options that choice markers ("(A)", "option A") name in `text`, rejected ones left out."""
+    n = min(len(choices), len(LETTERS))
+    return {text[m.start(1):m.end(1)] for pattern in _MARKER_RES for m in pattern.finditer(text)
+            if ord(m.group(1)) - ord("A") < n and not _rejected(text, m.start(1), m.end(1))}
+
+
+def _markers(text: str, choices: list[str], lone_letters: bool) -> int | None:
+    letters = _letters(text, lone_letters)
     if not letters:
         return None
     if len(letters) > 1:
@@ -213,6 +291,8 @@ def _decide(text: str, choices: list[str], in_conclusion: bool) -> int | None:
         return index
     index = _markers(text, choices, lone_letters=in_conclusion)
     if index is not None:
+        if in_conclusion and index != _REFUSE and _text_choice(text, choices) not in (None, index):
+            return _REFUSE  # "repel (A)" when A is attract: the letter and its words disagree
         return index
     mentioned = _mentioned(text, choices)
     return mentioned[0] if len(mentioned) == 1 else None

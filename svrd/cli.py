@@ -15,6 +15,7 @@ from svrd.errors import SvrdError
 # name -> (module, help). Each module defines add_arguments(parser) and run(args) -> int.
 SUBCOMMANDS = {
     "score": ("svrd.scoring", "score predictions against ScienceQA problems (official groups, per topic)"),
+    "score-open": ("svrd.open_scoring", "score free-form answers against references: BLEU, ROUGE, BERTScore (Table 2)"),
     "sample": ("svrd.sample", "write the embedded sample dataset in ScienceQA's release layout"),
 }
 

@@ -1,7 +1,8 @@
 """distill: fine-tune the student on (image + question) -> (rationale + answer).
 
-transformers' Trainer runs the loop (so accelerate/DDP/FSDP, gradient accumulation, bf16 and
-checkpoint resume come for free); what is ours is the data (svrd.examples: prompt and image
+transformers' Trainer runs the loop (so accelerate/DDP/FSDP, gradient accumulation, mixed
+precision and checkpoint resume come for free: train.precision bf16/fp16 is autocast over fp32
+weights, never half-precision weights); what is ours is the data (svrd.examples: prompt and image
 tokens masked), the frozen vision encoder, and what DVCLive records.
 """
 
@@ -19,6 +20,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from svrd.examples import Collator, Example, TrainingDataset, tokenizer_of
 from svrd.io import atomic_dir
+from svrd.models import mixed_precision, require_fp32_trainable
 
 log = logging.getLogger(__name__)
 
@@ -215,8 +217,9 @@ def train(model, processor, train_examples: list[Example], val_examples: list[Ex
         train_ds = TrainingDataset(processor, train_examples, cfg.max_length)
         val_ds = TrainingDataset(processor, val_examples, cfg.max_length) if val_examples else None
     collator = CountingCollator(tok.pad_token_id)
-    dtype = next(model.parameters()).dtype
-    args = training_arguments(cfg, checkpoint_dir, dtype == torch.bfloat16, dtype == torch.float16, val_ds is not None)
+    require_fp32_trainable(model)
+    compute = mixed_precision(cfg.precision, next(model.parameters()).device)
+    args = training_arguments(cfg, checkpoint_dir, compute == "bf16", compute == "fp16", val_ds is not None)
     callbacks = [LiveCallback(live, collator, evaluate_accuracy)] if live is not None else []
     trainer = LengthGroupedTrainer(
         model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, data_collator=collator,
@@ -245,12 +248,16 @@ def train(model, processor, train_examples: list[Example], val_examples: list[Ex
         "lr": cfg.lr,
         "schedule": cfg.schedule,
         "warmup_steps": cfg.warmup_steps,
-        "dtype": str(dtype).removeprefix("torch."),
+        "dtype": "float32",  # the weights, and so the optimizer's state (require_fp32_trainable)
+        "mixed_precision": compute or "no",  # the autocast dtype of forward and backward
         "seed": cfg.seed,
         "wall_s": round(wall, 1),
         "tokens_per_s": round(collator.tokens / wall, 1) if wall else 0.0,
         "pad_share": round(collator.pad_tokens / max(1, collator.tokens + collator.pad_tokens), 4),
         "resumed_from": resume,
+        # train.max_length as applied (null: the longest example) and targets cut after </CONCLUSION>
+        "max_length": train_ds.max_length,
+        "truncated_targets": train_ds.truncated,
     }
     if val_loss is not None:
         stats["val_loss"] = round(val_loss, 4)

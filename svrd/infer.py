@@ -44,6 +44,7 @@ import os
 import time
 from collections.abc import Callable
 
+import numpy as np
 import pyarrow as pa
 import torch
 from tqdm import tqdm
@@ -74,9 +75,8 @@ PREDICTION_SCHEMA = pa.schema(
         ("option_logprobs", pa.list_(pa.float64())),  # likelihood: each option's log-probability; null otherwise
         ("votes", pa.string()),  # self_consistency: JSON list, each option's vote count; null otherwise
         ("new_tokens", pa.int64()),  # self_consistency: greedy output and all samples together
-        ("seconds", pa.float64()),  # this question's share of its batch's wall time
     ]
-)
+)  # no timings: predict's rows carry "seconds" until run_inference moves them to metrics/
 
 
 def encode_batch(processor, examples: list[Example]) -> dict:
@@ -94,8 +94,19 @@ def encode_batch(processor, examples: list[Example]) -> dict:
     return processor(text=texts, return_tensors="pt", padding=True)
 
 
-def _stop_ids(tok) -> set[int]:
-    return {i for i in (tok.eos_token_id, tok.pad_token_id) if i is not None}
+def eos_ids(model, tok) -> list[int]:
+    """The tokens that end a generation: the model's generation config's (a list where the model has
+    several, e.g. Llama 3's <|eot_id|> and <|end_of_text|>); the tokenizer's EOS only when it names none."""
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if configured is None:
+        configured = tok.eos_token_id
+    ids = configured if isinstance(configured, (list, tuple)) else [configured]
+    return [int(i) for i in ids if i is not None]
+
+
+def _stop_ids(tok, eos: list[int] | None = None) -> set[int]:
+    """Where a generated row ends: any of `eos` (eos_ids; default the tokenizer's EOS) or padding."""
+    return {i for i in (*(eos if eos is not None else [tok.eos_token_id]), tok.pad_token_id) if i is not None}
 
 
 def _generated_ids(row: torch.Tensor, stop: set[int]) -> list[int]:
@@ -112,12 +123,13 @@ def generate_ids(model, processor, inputs: dict, max_new_tokens: int, min_new_to
     """Greedy decoding of an encoded batch; each row's new tokens (EOS and padding removed)."""
     tok = tokenizer_of(processor)
     extra = {"min_new_tokens": min_new_tokens} if min_new_tokens else {}
+    eos = eos_ids(model, tok)
     out = model.generate(
         **inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, **extra,
+        pad_token_id=tok.pad_token_id, eos_token_id=eos, **extra,
     )
     new = out[:, inputs["input_ids"].shape[1]:]
-    stop = _stop_ids(tok)
+    stop = _stop_ids(tok, eos)
     return [_generated_ids(row, stop) for row in new]
 
 
@@ -483,7 +495,8 @@ def run_inference(params, name: str, test_rows: list[dict]) -> tuple[list[dict],
                        temperature=opts.temperature, seed=opts.seed)
         wall = time.perf_counter() - t0
     partial.unlink()
-    stats = _timing_stats(rows, path, sum(p.numel() for p in model.parameters()), len(done), wall, opts)
+    stats = _timing_stats(rows, pop_seconds(rows), path, sum(p.numel() for p in model.parameters()), len(done),
+                          wall, opts)
     stats["image_tokens"] = image_tokens if image_tokens is not None else count_image_tokens(processor)
     if opts.mode == "likelihood":
         # The written conclusion against the likelihood answer (never unparseable itself).
@@ -511,9 +524,25 @@ def partial_log(path):
         yield persist
 
 
-def _timing_stats(rows: list[dict], path: str, parameters: int, resumed: int, wall: float, opts) -> dict:
+def pop_seconds(rows: list[dict]) -> list[float]:
+    """Take each row's share of its batch's wall time out of the row: timings belong in metrics/,
+    never in predictions.parquet, a data artifact that must reproduce byte for byte."""
+    return [row.pop("seconds") for row in rows]
+
+
+def seconds_distribution(seconds: list[float]) -> dict:
+    """Total, mean, median and 90th percentile of the per-question seconds."""
+    values = np.asarray(seconds, dtype=float)
+    if not values.size:
+        return {"total": 0.0, "mean": 0.0, "p50": 0.0, "p90": 0.0}
+    return {"total": round(float(values.sum()), 3), "mean": round(float(values.mean()), 4),
+            "p50": round(float(np.percentile(values, 50)), 4), "p90": round(float(np.percentile(values, 90)), 4)}
+
+
+def _timing_stats(rows: list[dict], seconds: list[float], path: str, parameters: int, resumed: int, wall: float,
+                  opts) -> dict:
     new_tokens = sum(r["new_tokens"] for r in rows)
-    gen_seconds = sum(r["seconds"] for r in rows)
+    gen_seconds = sum(seconds)
     return {
         "model": path,
         "parameters": parameters,
@@ -523,6 +552,7 @@ def _timing_stats(rows: list[dict], path: str, parameters: int, resumed: int, wa
         "generate_s": round(gen_seconds, 2),
         "questions_per_s": round(len(rows) / gen_seconds, 2) if gen_seconds else 0.0,
         "tokens_per_s": round(new_tokens / gen_seconds, 1) if gen_seconds else 0.0,
+        "seconds_per_question": seconds_distribution(seconds),  # each question's share of its batch's time
         "unparseable": sum(r["choice"] is None for r in rows),
         "batch_size": opts.batch_size,
         "mode": opts.mode,
@@ -542,7 +572,7 @@ def _run_vllm(path: str, name: str, test_rows: list[dict], opts, trust: bool, pa
         wall = time.perf_counter() - t0
     partial.unlink()
     # vLLM holds the weights in its own process: count them from the safetensors headers instead.
-    return rows, _timing_stats(rows, path, parameters_on_disk(path), len(done), wall, opts)
+    return rows, _timing_stats(rows, pop_seconds(rows), path, parameters_on_disk(path), len(done), wall, opts)
 
 
 def parameters_on_disk(path: str) -> int:

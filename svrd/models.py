@@ -9,9 +9,12 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from pathlib import Path
 
 import torch
+
+from svrd.errors import SvrdError
 
 log = logging.getLogger(__name__)
 
@@ -23,10 +26,16 @@ PROJECTOR_NAMES = ("multi_modal_projector", "connector", "mm_projector", "merger
 
 
 def pick_device() -> torch.device:
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    """This process's device: under torchrun / accelerate launch the GPU of its LOCAL_RANK (as accelerate
+    picks it), so that no rank first loads its copy of the model onto cuda:0."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
 
 
 def pick_dtype(precision: str = "auto", device: torch.device | None = None) -> torch.dtype:
+    """The dtype train.precision / prefer.precision names: for inference, the weights' dtype; for
+    training, the autocast dtype over fp32 weights (mixed_precision)."""
     device = device or pick_device()
     if precision == "fp32":
         return torch.float32
@@ -40,10 +49,73 @@ def pick_dtype(precision: str = "auto", device: torch.device | None = None) -> t
     return torch.float32
 
 
-def load_processor(name_or_path: str, trust_remote_code: bool = False):
+# Trainable weights (and so AdamW's state) always stay in fp32: in pure bf16 AdamW's small updates round
+# to zero (a toy AdamW run on a bf16 layer moved 14.8% of the weights at lr 1.4e-5 and 1.0% at DPO's 5e-7),
+# and the fp16 grad scaler refuses to unscale fp16 gradients. bf16/fp16 are the compute dtype (autocast).
+TRAIN_WEIGHTS_DTYPE = torch.float32
+
+
+def mixed_precision(precision: str = "auto", device: torch.device | None = None,
+                    param: str = "train.precision") -> str | None:
+    """What training computes in over its fp32 weights: "bf16" or "fp16" autocast (Trainer's bf16=/fp16=),
+    or None for plain fp32. auto: bf16 on a GPU that supports it, fp32 on CPU.
+
+    fp16 on CPU is refused (SvrdError naming `param`): accelerate makes no fp16 autocast or grad
+    scaler there and would silently train in fp32."""
+    device = device or pick_device()
+    compute = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(pick_dtype(precision, device))
+    if compute == "fp16" and device.type == "cpu":
+        raise SvrdError(f"{param}=fp16 needs a GPU: on CPU accelerate has no fp16 autocast and would silently "
+                        f"train in fp32; use {param}=bf16 (or fp32) on CPU")
+    return compute
+
+
+def require_fp32_trainable(model) -> None:
+    """Mixed precision needs fp32 master weights: refuse a model whose trainable weights are half
+    precision (AdamW's small updates would round to zero; load it in TRAIN_WEIGHTS_DTYPE)."""
+    half = sorted({str(p.dtype) for p in model.parameters() if p.requires_grad and p.dtype != TRAIN_WEIGHTS_DTYPE})
+    if half:
+        raise ValueError(f"training keeps fp32 weights and computes in bf16/fp16 by autocast; this model's "
+                         f"trainable weights are {', '.join(half)}: load it in float32")
+
+
+def autocast(precision: str = "auto", device: torch.device | None = None):
+    """A context computing in `precision`'s dtype over fp32 weights (a no-op for fp32): for what a
+    training stage generates with the model it trains."""
+    device = device or pick_device()
+    compute = pick_dtype(precision, device)
+    return torch.autocast(device.type, dtype=compute, enabled=compute != torch.float32)
+
+
+def _from_pretrained(loader, name_or_path: str, param: str | None, **kwargs):
+    """loader.from_pretrained, with one actionable line (SvrdError) when `name_or_path` is neither a
+    local folder nor a Hub id that can be reached (huggingface_hub's OSError is a long traceback)."""
+    try:
+        return loader.from_pretrained(name_or_path, **kwargs)
+    except OSError as exc:
+        if Path(name_or_path).is_dir():
+            raise  # a local folder that is not a model: transformers names the missing file
+        raise SvrdError(not_loadable(name_or_path, param, exc)) from None
+
+
+def not_loadable(name_or_path: str, param: str | None, exc: Exception) -> str:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    where = f"{param}={name_or_path}" if param else repr(name_or_path)
+    try:
+        validate_repo_id(name_or_path)
+    except HFValidationError:
+        return (f"{where} is not a local folder (no such directory) nor a Hugging Face Hub id: "
+                f"point {param or 'it'} at a folder saved with save_pretrained")
+    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return (f"{where} is not a local folder, and the Hub could not give it ({first_line}): fetch it once "
+            f"with `hf download {name_or_path} --local-dir DIR` and set {param or 'the param'}=DIR")
+
+
+def load_processor(name_or_path: str, trust_remote_code: bool = False, param: str | None = None):
     from transformers import AutoProcessor
 
-    return AutoProcessor.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    return _from_pretrained(AutoProcessor, name_or_path, param, trust_remote_code=trust_remote_code)
 
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -60,15 +132,18 @@ def adapter_base(name_or_path: str) -> str | None:
     return base
 
 
-def load_model(name_or_path: str, trust_remote_code: bool = False, dtype: torch.dtype | None = None, device_map=None):
-    """A full model, or a LoRA adapter folder (adapter_config.json): its base, then the adapter on it."""
+def load_model(name_or_path: str, trust_remote_code: bool = False, dtype: torch.dtype | None = None, device_map=None,
+               param: str | None = None):
+    """A full model, or a LoRA adapter folder (adapter_config.json): its base, then the adapter on it.
+    `param` (e.g. "student.model") names the setting in the one-line error when nothing loads."""
     from transformers import AutoModelForImageTextToText
 
     if trust_remote_code:
         log.warning("trust_remote_code is ON for %s: code from the model repository will run", name_or_path)
     base = adapter_base(name_or_path)
-    model = AutoModelForImageTextToText.from_pretrained(
-        base or name_or_path, trust_remote_code=trust_remote_code, dtype=dtype or torch.float32, device_map=device_map
+    model = _from_pretrained(
+        AutoModelForImageTextToText, base or name_or_path, param,
+        trust_remote_code=trust_remote_code, dtype=dtype or torch.float32, device_map=device_map,
     )
     if base is None:
         return model
@@ -123,63 +198,128 @@ def freeze(model: torch.nn.Module, vision: bool = True, projector_too: bool = Fa
 
 # --- image tokens (student.image_tokens) -------------------------------------------------------
 
+# Image tokens are counted on an image of a realistic size (a 4:3 photo-like 640x480), not a tiny
+# dummy: tiling families (Idefics3/SmolVLM) give a tiny image as many tiles as a large one, and
+# Qwen2-VL's count grows with the pixels.
+REALISTIC_IMAGE = (640, 480)
 
-def count_image_tokens(processor) -> int:
-    """Image tokens the processor puts in a prompt for one image (a 48x40 RGB test image)."""
+
+def count_image_tokens(processor, size: tuple[int, int] = REALISTIC_IMAGE) -> int:
+    """Image tokens the processor puts in a prompt for one RGB image of `size` (width, height)."""
     from PIL import Image
 
     from svrd.examples import messages_for, tokenizer_of
 
     text = processor.apply_chat_template(messages_for("x", True), add_generation_prompt=True, tokenize=False)
-    enc = processor(images=[Image.new("RGB", (48, 40), (128, 64, 32))], text=[text], return_tensors="pt")
+    enc = processor(images=[Image.new("RGB", size, (128, 64, 32))], text=[text], return_tensors="pt")
     tok = tokenizer_of(processor)
     image_token = getattr(processor, "image_token", None) or getattr(tok, "image_token", None) or "<image>"
     return int((enc["input_ids"][0] == tok.convert_tokens_to_ids(image_token)).sum())
 
 
-def apply_image_tokens(model, processor, image_tokens: int) -> dict:
-    """Set the image resolution so one image gives as close to `image_tokens` tokens as the family allows.
+def family_of(model) -> str:
+    config = getattr(model, "config", model)
+    return getattr(config, "model_type", type(model).__name__)
 
-    Idefics3/SmolVLM: one image (no tiling), side = patch * scale_factor * round(sqrt(n)), and the
-    processor's image_seq_len to match. Families whose processor fixes the resolution to the
-    vision tower's (LLaVA, PaliGemma, ...) are left as they are: logged as not applicable.
-    Returns {"image_tokens": what one image now gives, "requested": n, "applied": bool}.
+
+def _is_tiling(processor, config) -> bool:
+    """Idefics3 / SmolVLM: fixed-size tiles (+ a global view), pixel-shuffled to image_seq_len tokens each."""
+    image_processor = getattr(processor, "image_processor", None)
+    return (hasattr(processor, "image_seq_len") and hasattr(image_processor, "max_image_size")
+            and hasattr(config, "scale_factor"))
+
+
+def _is_pixel_budget(processor) -> bool:
+    """Qwen2-VL-style processors: the token count follows the pixels, bounded by min_pixels/max_pixels
+    (kept as size.shortest_edge / size.longest_edge, in pixels)."""
+    image_processor = getattr(processor, "image_processor", None)
+    return all(hasattr(image_processor, a) for a in ("merge_size", "temporal_patch_size", "patch_size", "size"))
+
+
+def _tiles_for_budget(image_tokens: int, per_tile: int) -> int:
+    """Tiles per longest side n such that a square image's n*n tiles (+1 global view when n > 1) fit."""
+    n = 1
+    while ((n + 1) ** 2 + 1) * per_tile <= image_tokens:
+        n += 1
+    return n
+
+
+def _apply_tiling(processor, config, image_tokens: int) -> str:
+    """The budget as a cap on tiles of the encoder's native size; below one tile, one smaller image.
+    The encoder never sees a tile above its native resolution (no position-embedding stretching)."""
+    image_processor = processor.image_processor
+    tile = image_processor.max_image_size["longest_edge"]
+    per_tile = processor.image_seq_len
+    if image_tokens >= per_tile:
+        n = _tiles_for_budget(image_tokens, per_tile)
+        image_processor.do_image_splitting = n > 1
+        image_processor.size = {"longest_edge": n * tile}
+        if n == 1:
+            return f"one {tile}px image, no tiling ({per_tile} tokens)"
+        return f"at most {n}x{n} tiles of {tile}px + a global view ({per_tile} tokens each)"
+    per_side = max(1, math.isqrt(image_tokens))
+    side = per_side * config.vision_config.patch_size * config.scale_factor
+    image_processor.do_image_splitting = False
+    image_processor.max_image_size = {"longest_edge": side}
+    image_processor.size = {"longest_edge": side}
+    processor.image_seq_len = per_side**2
+    return f"one {side}px image, no tiling ({per_side**2} tokens; native tiles are {tile}px)"
+
+
+def _apply_pixel_budget(processor, image_tokens: int) -> str:
+    """Qwen2-VL: one token per (patch * merge)^2 pixels, so the budget is max_pixels (min_pixels below it)."""
+    image_processor = processor.image_processor
+    unit = (image_processor.patch_size * image_processor.merge_size) ** 2
+    max_pixels = image_tokens * unit
+    min_pixels = min(image_processor.size["shortest_edge"], max_pixels)
+    image_processor.size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
+    return f"max_pixels={max_pixels} (at most {image_tokens} tokens), min_pixels={min_pixels}"
+
+
+def apply_image_tokens(model, processor, image_tokens: int | None) -> dict:
+    """Apply student.image_tokens where the family has a knob for it; say what was applied.
+
+    None (the default): the family's native processing, untouched. A number is a budget of image
+    tokens per image: Idefics3/SmolVLM cap their tiles (never above the encoder's native tile size),
+    Qwen2-VL-style processors their max_pixels; fixed-resolution families (LLaVA, PaliGemma, the
+    tiny student) have no such knob and keep theirs. Returns {"family", "image_tokens" (what a
+    640x480 image now gives), "requested", "applied", "how"}.
     """
     config = getattr(model, "config", model)
-    image_processor = getattr(processor, "image_processor", None)
-    if hasattr(processor, "image_seq_len") and hasattr(image_processor, "max_image_size") and hasattr(config, "scale_factor"):
-        patch = config.vision_config.patch_size
-        scale = config.scale_factor
-        per_side = max(1, round(math.sqrt(image_tokens)))
-        side = per_side * patch * scale
-        image_processor.do_image_splitting = False  # one global image: its token count is exactly per_side**2
-        image_processor.max_image_size = {"longest_edge": side}
-        image_processor.size = {"longest_edge": side}
-        processor.image_seq_len = per_side**2
-        native = config.vision_config.image_size
-        if side > native:
-            log.warning("student.image_tokens=%d needs %dpx images, above the vision encoder's native %dpx "
-                        "(its position embeddings are shared across the larger grid)", image_tokens, side, native)
-        actual = count_image_tokens(processor)
-        if actual != per_side**2:
-            raise ValueError(f"image_tokens: expected {per_side**2} image tokens per image, the processor gives {actual}")
-        log.info("student.image_tokens=%d: %dpx images, %d image tokens", image_tokens, side, actual)
-        return {"image_tokens": actual, "requested": image_tokens, "applied": True, "image_size": side}
+    family = family_of(model)
+    if image_tokens is None:
+        how, applied = "native processing", False
+    elif _is_tiling(processor, config):
+        how, applied = _apply_tiling(processor, config, image_tokens), True
+    elif _is_pixel_budget(processor):
+        how, applied = _apply_pixel_budget(processor, image_tokens), True
+    else:
+        how, applied = "not applicable: fixed resolution, native processing", False
     actual = count_image_tokens(processor)
-    log.info("student.image_tokens=%d is not applicable to %s (fixed resolution): it uses %d image tokens",
-                image_tokens, type(model).__name__, actual)
-    return {"image_tokens": actual, "requested": image_tokens, "applied": False}
+    log.info("student.image_tokens=%s on %s: %s; a %dx%d image gives %d image tokens",
+             image_tokens, family, how, *REALISTIC_IMAGE, actual)
+    return {"family": family, "image_tokens": actual, "requested": image_tokens, "applied": applied, "how": how}
+
+
+def image_tokens_line(info: dict) -> str:
+    """One line for logs: what student.image_tokens did on this family."""
+    w, h = REALISTIC_IMAGE
+    return (f"{info['image_tokens']} image tokens for a {w}x{h} image ({info['family']}, "
+            f"student.image_tokens={info['requested']}: {info['how']})")
 
 
 def load_student(student, precision: str) -> tuple:
-    """The student as distill trains it, before LoRA: on its device at train.precision, student.image_tokens
+    """The student as distill trains it, before LoRA: on its device in fp32, student.image_tokens
     applied, frozen as student.* says. Shared by the features and distill stages so that the cached
     features' fingerprint (svrd.features) is taken on the very model distill trains.
 
+    The weights load in fp32 whatever `precision` (train.precision) says: training computes in it by
+    autocast over them (mixed_precision), and the features stage caches what the fp32 encoder gives.
+
     Returns (model, processor, image-token info from apply_image_tokens, parameter counts from freeze)."""
     device = pick_device()
-    model = load_model(student.model, student.trust_remote_code, pick_dtype(precision, device)).to(device)
-    processor = load_processor(student.model, student.trust_remote_code)
+    model = load_model(student.model, student.trust_remote_code, TRAIN_WEIGHTS_DTYPE, param="student.model").to(device)
+    processor = load_processor(student.model, student.trust_remote_code, param="student.model")
     tokens = apply_image_tokens(model, processor, student.image_tokens)  # saved with the processor for infer
     counts = freeze(model, vision=student.freeze_vision, projector_too=student.freeze_projector)
     return model, processor, tokens, counts

@@ -150,6 +150,7 @@ class TeachParams(_Section):
     timeout_s: PosFloat
     max_retries: NonNegInt
     on_disagree: Literal["substitute", "drop", "answer_only"]
+    on_contradiction: Literal["keep", "drop"]
 
     @model_validator(mode="after")
     def _backend_needs(self) -> TeachParams:
@@ -168,7 +169,20 @@ class StudentParams(_Section):
     trust_remote_code: StrictBool
     freeze_vision: StrictBool
     freeze_projector: StrictBool
-    image_tokens: PosInt
+    image_tokens: PosInt | None  # None: the family's native image processing
+
+
+class TinyPretrainParams(_Section):
+    """The base student's alignment stage: image -> caption on the training images (svrd.tiny)."""
+
+    data: Literal["caption", "none"]  # none: the random-weight student of earlier releases
+    prompt: Text  # the user turn's text beside the image
+    epochs: PosCount
+    lr: PosFloat
+    batch_size: PosInt
+    warmup_steps: NonNegInt
+    max_length: PosInt
+    save_steps: NonNegInt  # checkpoint every N steps (a killed tiny_student resumes); 0: none
 
 
 class TinyParams(_Section):
@@ -180,7 +194,11 @@ class TinyParams(_Section):
     text_width: PosInt
     text_layers: PosInt
     heads: PosInt
+    # which vision hidden state the projector reads, counted from the end: -1 the last layer's output,
+    # -(vision_layers + 1) the patch embeddings themselves
+    vision_feature_layer: Int
     seed: Seed
+    pretrain: TinyPretrainParams
 
     @model_validator(mode="after")
     def _shapes(self) -> TinyParams:
@@ -188,6 +206,9 @@ class TinyParams(_Section):
             raise ValueError(f"tiny.image_size ({self.image_size}) must be a multiple of tiny.patch_size ({self.patch_size})")
         if self.text_width % self.heads:
             raise ValueError(f"tiny.text_width ({self.text_width}) must be a multiple of tiny.heads ({self.heads})")
+        if not -(self.vision_layers + 1) <= self.vision_feature_layer <= -1:
+            raise ValueError(f"tiny.vision_feature_layer must lie in [-{self.vision_layers + 1}, -1] "
+                             f"(got {self.vision_feature_layer})")
         return self
 
 
@@ -214,7 +235,7 @@ class TrainParams(_Section):
     warmup_steps: NonNegInt
     schedule: Literal["linear", "cosine", "constant", "constant_with_warmup"]
     weight_decay: NonNegFloat
-    max_length: PosInt
+    max_length: PosInt | None  # None: the longest example's real length
     group_by_length: StrictBool
     precision: Literal["auto", "fp32", "bf16", "fp16"]
     gradient_checkpointing: StrictBool

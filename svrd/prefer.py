@@ -18,9 +18,10 @@ pairs each, DPO with beta 0.1). The steps:
    [`min_correct`, `max_correct`]; distinct correct chains are paired with distinct incorrect
    ones, at most `max_pairs` per question, spreading the pairs over as many chains as possible.
 4. `train_dpo`: TRL's `DPOTrainer` (sigmoid loss, `beta`) over a vision dataset (images, prompt,
-   chosen, rejected), the prompt being the student's own chat-templated prompt (the same text
-   svrd.examples.encode_prompt encodes); the reference model is a frozen copy of the distilled
-   student and the policy's vision encoder is frozen.
+   chosen, rejected), the prompt being the student's own chat-templated prompt, tokenized to the
+   very ids svrd.examples.encode_prompt and infer give (BOS included: PromptsAsEncoded); the
+   reference model is a frozen copy of the distilled student and the policy's vision encoder is
+   frozen. fp32 weights, prefer.precision as autocast (as distill).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from tqdm import tqdm
 from svrd.answers import extract_choice
 from svrd.examples import Example, messages_for, tokenizer_of
 from svrd.images import open_png
-from svrd.infer import encode_batch, examples_from_rows, load_partial, prompt_length
+from svrd.infer import encode_batch, eos_ids, examples_from_rows, load_partial, prompt_length
 from svrd.io import atomic_dir, write_table
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ PAIR_SCHEMA = pa.schema(
 
 # The sampling params a chains log depends on (batch_size is not one: each question's chains are
 # valid whatever batch it was sampled in).
-SAMPLING_KEYS = ("samples", "temperature", "top_p", "max_new_tokens", "seed")
+SAMPLING_KEYS = ("samples", "temperature", "top_p", "max_new_tokens", "seed", "precision")
 
 
 # ------------------------------------------------------------------------------ sampling
@@ -90,13 +91,14 @@ def sample_batch(model, processor, examples: list[Example], k: int, temperature:
     inputs = _to_device(model, encode_batch(processor, examples))
     torch.manual_seed(batch_seed(seed, [ex.pid for ex in examples]))
     extra = {"min_new_tokens": min_new_tokens} if min_new_tokens else {}
+    eos = eos_ids(model, tok)
     out = model.generate(
         **inputs, do_sample=True, temperature=temperature, top_p=top_p, top_k=0, num_return_sequences=k,
-        max_new_tokens=max_new_tokens, num_beams=1, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+        max_new_tokens=max_new_tokens, num_beams=1, pad_token_id=tok.pad_token_id, eos_token_id=eos,
         **extra,
     )
     new = out[:, inputs["input_ids"].shape[1]:]
-    stop = {i for i in (tok.eos_token_id, tok.pad_token_id) if i is not None}
+    stop = {*eos, *([tok.pad_token_id] if tok.pad_token_id is not None else [])}
     chains: list[list[dict]] = [[] for _ in examples]
     for row_index, row in enumerate(new.tolist()):
         ids, finished = row, False
@@ -302,11 +304,36 @@ def frozen_copy(model):
     return ref
 
 
-def train_dpo(model, ref_model, processor, dataset, cfg, output_dir: str | Path) -> dict:
-    """DPO (sigmoid loss) in place on `model` with TRL's DPOTrainer; returns training stats."""
-    from trl import DPOConfig, DPOTrainer
+class PromptsAsEncoded:
+    """The processor as TRL's vision DPO collator should see it: prompts tokenized with the processor's
+    default special tokens, as distill (svrd.examples.encode_prompt) and infer (encode_batch) encode them.
 
-    dtype = next(model.parameters()).dtype
+    TRL passes add_special_tokens=False to every processor call (it assumes the chat template wrote the
+    BOS); for a tokenizer that adds one (Llama-based students) DPO would train on prompts without the BOS
+    the model sees everywhere else. Completions keep add_special_tokens=False, as distill's targets do.
+    TRL's prompt call is the one that carries `images` (completions are text only)."""
+
+    def __init__(self, processor):
+        self._processor = processor
+
+    def __getattr__(self, name):
+        return getattr(self._processor, name)
+
+    def __call__(self, *args, **kwargs):
+        if "images" in kwargs:
+            kwargs.pop("add_special_tokens", None)
+        return self._processor(*args, **kwargs)
+
+
+def dpo_trainer(model, ref_model, processor, dataset, cfg, output_dir: str | Path):
+    """TRL's DPOTrainer (sigmoid loss) over `model`: fp32 weights, prefer.precision as autocast."""
+    from trl import DPOConfig, DPOTrainer
+    from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
+
+    from svrd.models import mixed_precision, require_fp32_trainable
+
+    require_fp32_trainable(model)
+    compute = mixed_precision(cfg.precision, next(model.parameters()).device, "prefer.precision")
     args = DPOConfig(
         output_dir=str(output_dir),
         beta=cfg.beta,
@@ -320,8 +347,9 @@ def train_dpo(model, ref_model, processor, dataset, cfg, output_dir: str | Path)
         weight_decay=0.0,
         max_length=cfg.max_length,
         gradient_checkpointing=False,  # TRL's default is on: slower, and pointless for a small student
-        bf16=dtype == torch.bfloat16,
-        fp16=dtype == torch.float16,
+        bf16=compute == "bf16",
+        fp16=compute == "fp16",
+        use_cpu=not torch.cuda.is_available(),  # transformers refuses bf16 on CPU unless told it is CPU training
         seed=cfg.seed,
         data_seed=cfg.seed,
         logging_steps=10,
@@ -332,6 +360,15 @@ def train_dpo(model, ref_model, processor, dataset, cfg, output_dir: str | Path)
     )
     trainer = DPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=dataset,
                          processing_class=processor)
+    if not isinstance(trainer.data_collator, DataCollatorForVisionPreference):  # dpo_dataset always has images
+        raise TypeError(f"expected TRL's vision preference collator, got {type(trainer.data_collator).__name__}")
+    trainer.data_collator.processor = PromptsAsEncoded(processor)  # TRL's collator, prompts as distill encodes them
+    return trainer
+
+
+def train_dpo(model, ref_model, processor, dataset, cfg, output_dir: str | Path) -> dict:
+    """DPO (sigmoid loss) in place on `model` with TRL's DPOTrainer; returns training stats."""
+    trainer = dpo_trainer(model, ref_model, processor, dataset, cfg, output_dir)
     t0 = time.perf_counter()
     result = trainer.train()
     wall = time.perf_counter() - t0
@@ -343,6 +380,7 @@ def train_dpo(model, ref_model, processor, dataset, cfg, output_dir: str | Path)
         "steps": int(result.global_step),
         "pairs": len(dataset),
         "wall_s": round(wall, 1),
+        "mixed_precision": "bf16" if trainer.args.bf16 else "fp16" if trainer.args.fp16 else "no",  # over fp32 weights
     }
     for key in ("rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected"):
         if key in last:
@@ -369,7 +407,15 @@ def run_prefer(params, train_rows: list[dict], model_path: str | Path, out_dir: 
 
     `work_dir` holds the chains logs (one per sampling fingerprint). Returns the stage's metrics.
     """
-    from svrd.models import freeze, load_model, load_processor, pick_device, pick_dtype
+    from svrd.models import (
+        TRAIN_WEIGHTS_DTYPE,
+        autocast,
+        freeze,
+        load_model,
+        load_processor,
+        mixed_precision,
+        pick_device,
+    )
 
     cfg = params.prefer
     trust = params.student.trust_remote_code
@@ -378,7 +424,8 @@ def run_prefer(params, train_rows: list[dict], model_path: str | Path, out_dir: 
     by_pid = {r["pid"]: r for r in rows}
 
     device = pick_device()
-    model = load_model(str(model_path), trust, pick_dtype(cfg.precision, device))
+    mixed_precision(cfg.precision, device, "prefer.precision")  # refused before hours of sampling, not after
+    model = load_model(str(model_path), trust, TRAIN_WEIGHTS_DTYPE)  # DPO trains it: fp32 weights, see dpo_trainer
     if hasattr(model, "merge_and_unload"):  # a LoRA adapter folder (train.lora.merge false): train the merged model
         log.info("%s is a LoRA adapter: merged into its base for DPO", model_path)
         model = model.merge_and_unload()
@@ -390,7 +437,7 @@ def run_prefer(params, train_rows: list[dict], model_path: str | Path, out_dir: 
     done = load_chains(chains_log)
     resumed = sum(ex.pid in done for ex in examples)
     t0 = time.perf_counter()
-    with chain_appender(chains_log) as persist:
+    with chain_appender(chains_log) as persist, autocast(cfg.precision, device):  # sampled in the compute dtype
         chains = sample_chains(model, processor, examples, cfg.samples, cfg.temperature, cfg.top_p,
                                cfg.max_new_tokens, cfg.batch_size, cfg.seed, done=done, on_batch=persist,
                                progress=progress)

@@ -134,3 +134,29 @@ def render_report(models: list[dict]) -> str:
             out.append(f"  - reasoning: {_short(ex.get('reasoning'))}")
             out.append(f"  - conclusion: {_short(ex.get('conclusion'), 120)}")
     return "\n".join(out) + "\n"
+
+
+# Table 2's columns: open-ended answers (svrd.open_scoring output) -> header.
+OPEN_COLUMNS = {
+    "bleu": "BLEU", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L",
+    "bertscore_p": "BERTScore P", "bertscore_r": "BERTScore R", "bertscore_f1": "BERTScore F1",
+}
+
+
+def render_open_table(models: list[dict]) -> str:
+    """The paper's Table 2 layout: one row per model {"name", "open": open_scoring.score_open output},
+    every metric x 100, with the BERTScore model and layer named under the table."""
+    out = ["## Open-ended answers (the paper's Table 2)", ""]
+    rows = []
+    for m in models:
+        metrics = m.get("open") or {}
+        rows.append([_escape(str(m.get("name", "?"))), _cell(metrics.get("n"), "{:d}"),
+                     *(_cell(metrics.get(key)) for key in OPEN_COLUMNS)])
+    out += _table(["model", "n", *OPEN_COLUMNS.values()], rows)
+    encoders = sorted({(str(m["open"]["bertscore_model"]), m["open"].get("bertscore_layers"))
+                       for m in models if (m.get("open") or {}).get("bertscore_model")})
+    note = "BLEU: sacrebleu corpus BLEU; ROUGE: mean F1 (rouge-score, stemmed)"
+    if encoders:
+        note += "; BERTScore: " + ", ".join(f"{name} layer {layers}" for name, layers in encoders)
+    out += ["", note + f". {DASH}: not computed."]
+    return "\n".join(out) + "\n"

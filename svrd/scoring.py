@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -160,7 +161,10 @@ def _restrict_split(problems: list[dict], split: str | None, pid_splits: dict | 
 
 
 def _load_release(path: Path, split: str | None) -> list[dict]:
-    raw = read_json(path)
+    try:
+        raw = read_json(path)
+    except json.JSONDecodeError as exc:
+        raise SvrdError(f"{path}: not JSON ({exc.msg}, line {exc.lineno})") from None
     if not isinstance(raw, dict):
         raise SvrdError(f"{path}: expected a ScienceQA problems.json mapping pid -> record")
     problems = []
@@ -232,13 +236,26 @@ def _prediction_value(value: Any, pid: str, source: Path) -> int | None:
         raise SvrdError(f"{source}: pid {pid}: prediction {value!r} is not an option index or null") from None
 
 
-def load_predictions(path: str | os.PathLike, model: str | None = None) -> dict[str, int | None]:
+def load_predictions(
+    path: str | os.PathLike, model: str | None = None, problems: Iterable[Mapping[str, Any]] | None = None
+) -> dict[str, int | None]:
     """pid -> predicted option index (None: unparseable output).
 
     Reads the official results JSON ({"results": {pid: index}}, or a bare {pid: index}
     mapping) or the pipeline's predictions Parquet (columns pid, choice; when it has a
-    `model` column with several models, `model` picks one).
+    `model` column with several models, `model` picks one). Given `problems` (their choices
+    read free text), also the answer files of svrd.answer_files: LLaVA's answers JSONL,
+    lmms-eval's logged samples, pid,answer CSV/JSONL.
     """
+    return read_predictions(path, model, problems)[0]
+
+
+def read_predictions(
+    path: str | os.PathLike, model: str | None = None, problems: Iterable[Mapping[str, Any]] | None = None
+) -> tuple[dict[str, int | None], str | None]:
+    """load_predictions, plus a summary line for answer files read as free text (else None)."""
+    from svrd import answer_files
+
     path = Path(path)
     if not path.exists():
         raise SvrdError(f"{path}: no such file")
@@ -263,19 +280,30 @@ def load_predictions(path: str | os.PathLike, model: str | None = None) -> dict[
             if pid in out:
                 raise SvrdError(f"{path}: pid {pid} is predicted twice")
             out[pid] = _prediction_value(r["choice"], pid, path)
-        return out
-    raw = read_json(path)
-    results = raw.get("results", raw) if isinstance(raw, dict) else None
-    if not isinstance(results, dict):
-        raise SvrdError(f"{path}: expected {{\"results\": {{pid: choice index}}}}")
-    return {str(pid): _prediction_value(v, str(pid), path) for pid, v in results.items()}
+        return out, None
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise answer_files.unrecognised(path, "not a UTF-8 text file") from None
+    raw = None if path.suffix.lower() == ".csv" else answer_files.parse_json_document(text)
+    if isinstance(raw, dict) and not answer_files.is_record(raw):
+        results = raw.get("results", raw)
+        if not isinstance(results, dict):
+            raise answer_files.unrecognised(path, "its \"results\" is not a mapping pid -> choice index")
+        try:
+            return {str(pid): _prediction_value(v, str(pid), path) for pid, v in results.items()}, None
+        except SvrdError as exc:  # e.g. a one-line JSONL of some other tool
+            raise SvrdError(f"{exc}; svrd score reads {answer_files.FORMATS_READ}") from None
+    answers = answer_files.read_answers(path, problems)
+    return answers.predictions, answers.summary()
 
 
 # ---------------------------------------------------------------- CLI
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("problems", help="release folder, problems.json, or problems Parquet table")
-    parser.add_argument("predictions", help="official results JSON or predictions Parquet (pid, choice)")
+    parser.add_argument("predictions", help="official results JSON, predictions Parquet (pid, choice), LLaVA's answers "
+                        "JSONL, lmms-eval's logged samples JSONL, or a pid,answer CSV (see svrd/answer_files.py)")
     parser.add_argument("--split", default="test", help="split to score (default: test; 'all' for every record)")
     parser.add_argument("--model", default=None, help="model name, when the predictions table holds several")
     parser.add_argument("--out", default=None, help="also write the metrics JSON here")
@@ -283,7 +311,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     problems = load_problems(args.problems, split=args.split)
-    predictions = load_predictions(args.predictions, model=args.model)
+    predictions, summary = read_predictions(args.predictions, model=args.model, problems=problems)
+    if summary:
+        print(f"svrd score: {summary}", file=sys.stderr)
     metrics = score(problems, predictions)
     if args.out:
         write_json(args.out, metrics)

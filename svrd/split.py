@@ -8,6 +8,7 @@ trained on the first 2000).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -112,7 +113,8 @@ def split_file(
     check_disjoint({name: [p for p, k in zip(pids, kept, strict=True) if k == name] for name in SPLITS})
     source = pq.ParquetFile(src, pre_buffer=False)
     split_index = source.schema_arrow.get_field_index("split")
-    counts = dict.fromkeys(SPLITS, 0)
+    counts: dict = dict.fromkeys(SPLITS, 0)
+    keys: list[str] = []
     with contextlib.ExitStack() as stack:
         writers = {}
         for name in SPLITS:
@@ -126,12 +128,53 @@ def split_file(
             names = kept[offset:offset + table.num_rows]
             offset += table.num_rows
             table = table.set_column(split_index, "split", pa.array(names, pa.string()))
+            keys.extend(content_keys(table))
             for name in SPLITS:
                 part = table.filter(pa.array([n == name for n in names]))
                 if part.num_rows:
                     writers[name].write_table(part)
                     counts[name] += part.num_rows
+    counts["duplicates"] = cross_split_duplicates(pids, kept, keys)
     return counts
+
+
+CONTENT_FIELDS = ("question", "choices", "hint", "image")
+
+
+def content_key(question: str, choices: list[str], hint: str | None, image: bytes | None) -> str:
+    """What a student sees of a question, hashed: the question, its options (as a set: a twin whose
+    options are shuffled is still a twin), the hint and the image bytes (filter writes every image as
+    the same RGB PNG encoding, so equal pixels are equal bytes)."""
+    h = hashlib.sha256()
+    for part in (question.strip(), "\x1f".join(sorted(c.strip() for c in choices)), (hint or "").strip()):
+        h.update(part.encode("utf-8") + b"\x1e")
+    h.update(hashlib.sha256(image or b"").digest())
+    return h.hexdigest()
+
+
+def content_keys(table: pa.Table) -> list[str]:
+    n = table.num_rows
+    empty = {"question": [""] * n, "choices": [[]] * n, "hint": [None] * n, "image": [None] * n}
+    columns = [table.column(f).to_pylist() if f in table.column_names else empty[f] for f in CONTENT_FIELDS]
+    return [content_key(*row) for row in zip(*columns, strict=True)]
+
+
+def cross_split_duplicates(pids: list[str], kept: list[str | None], keys: list[str]) -> dict:
+    """Questions of a later split (val, test) whose content already occurs in an earlier one (train,
+    val): a memorised twin inflates held-out accuracy. Counts, and up to 10 (pid, twin pid) examples."""
+    first: dict[str, dict[str, str]] = {name: {} for name in SPLITS}
+    for pid, name, key in zip(pids, kept, keys, strict=True):
+        if name is not None:
+            first[name].setdefault(key, pid)
+    out: dict = {}
+    examples: list[list[str]] = []
+    for later, earlier in (("test", "train"), ("test", "val"), ("val", "train")):
+        twins = [(pid, first[earlier][key]) for pid, name, key in zip(pids, kept, keys, strict=True)
+                 if name == later and key in first[earlier]]
+        out[f"{later}_in_{earlier}"] = len(twins)
+        examples.extend([list(t) for t in twins][: 10 - len(examples)])
+    out["examples"] = examples
+    return out
 
 
 def check_disjoint(pids_by_split: dict[str, list[str]]) -> None:

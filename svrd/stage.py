@@ -25,6 +25,7 @@ DISTILLED = Path("data/distill/model")
 INFER_DIR = Path("data/infer")
 METRICS = Path("metrics")
 LIVE_DISTILL = Path("dvclive/distill")
+LIVE_TINY = Path("dvclive/tiny_student")  # the base student's caption pre-training
 
 
 def cache_dir() -> Path:

@@ -21,15 +21,18 @@ TAG_TOKENS = [f"<{t}>" for t in ("SUMMARY", "CAPTION", "REASONING", "CONCLUSION"
 ]
 
 # A LLaVA-1.5-like template over the processor's content list (image first, then text).
+# transformers renders chat templates with trim_blocks, which eats a newline written right after a
+# block tag: the user turn's closing newline is therefore an expression ({{ '\n' }}), or the last
+# option would run into "ASSISTANT:" and tokenize differently from the same text in a target.
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{% if message['role'] == 'user' %}USER: "
     "{% for item in message['content'] %}"
-    "{% if item['type'] == 'image' %}<image>\n{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
-    "{% endfor %}\n"
+    "{% if item['type'] == 'image' %}<image>{{ '\n' }}{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
+    "{% endfor %}{{ '\n' }}"
     "{% elif message['role'] == 'assistant' %}ASSISTANT: "
     "{% for item in message['content'] %}{% if item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}"
-    "</s>\n"
+    "</s>{{ '\n' }}"
     "{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
 )
@@ -72,6 +75,7 @@ def build_tiny_student(
     text_layers: int = 4,
     heads: int = 4,
     seed: int = 0,
+    vision_feature_layer: int = -1,
 ) -> dict:
     """Train the tokenizer on `texts`, build the model from a config, save both to `out_dir`."""
     import torch
@@ -124,7 +128,7 @@ def build_tiny_student(
         text_config=text,
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
         vision_feature_select_strategy="default",
-        vision_feature_layer=-1,
+        vision_feature_layer=vision_feature_layer,
     )
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config)
@@ -135,3 +139,54 @@ def build_tiny_student(
         processor.save_pretrained(tmp)
     n_params = sum(p.numel() for p in model.parameters())
     return {"parameters": n_params, "vocab": len(tokenizer), "image_tokens": (image_size // patch_size) ** 2}
+
+
+# --- the base student's alignment stage ------------------------------------------------------
+
+
+def caption_examples(rows: list[dict], prompt: str) -> list:
+    """image -> caption pairs: what a pre-trained VLM has learnt before it meets the task. No question,
+    option, answer or rationale goes in; rows without an image or a caption are left out."""
+    from svrd.examples import Example
+
+    return [Example(r["pid"], r["image"], prompt, r["caption"].strip())
+            for r in rows if r.get("image") and (r.get("caption") or "").strip()]
+
+
+def pretrain_config(p, seed: int):
+    """tiny.pretrain as the training loop reads a train section: everything trainable, fp32, no eval
+    answers (there are no questions to answer yet)."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(
+        target="caption", conclusion="text", mix_answer_share=0.5, optimizer="adamw", lr=p.lr, epochs=p.epochs,
+        batch_size=p.batch_size, grad_accum=1, warmup_steps=p.warmup_steps, schedule="linear", weight_decay=0.0,
+        max_length=p.max_length, group_by_length=True, precision="fp32", gradient_checkpointing=False,
+        cache_vision_features=False, save_steps=p.save_steps, seed=seed, eval_questions=0, eval_max_new_tokens=1,
+    )
+
+
+def pretrain_captions(model_dir: str | Path, train_rows: list[dict], val_rows: list[dict], p, seed: int,
+                      checkpoint_dir: str | Path, live=None) -> dict:
+    """Pre-train the saved tiny student in `model_dir` on image -> caption (LLaVA's first, alignment
+    stage; here the vision tower, projector and text model all train, as nothing pre-trained exists
+    offline), through the Trainer path distill uses, and save it back in place.
+
+    This gives distill what the paper's student had: a base that sees (its vision features mean
+    something before the tower is frozen) but was never taught the questions."""
+    from svrd.distill import train
+    from svrd.models import load_model, load_processor
+
+    model = load_model(str(model_dir))
+    processor = load_processor(str(model_dir))
+    train_ex = caption_examples(train_rows, p.prompt)
+    val_ex = caption_examples(val_rows, p.prompt)
+    if not train_ex:
+        from svrd.errors import SvrdError
+
+        raise SvrdError("tiny.pretrain.data is 'caption' but no training row has an image and a caption")
+    stats = train(model, processor, train_ex, val_ex, pretrain_config(p, seed), str(checkpoint_dir), live)
+    with atomic_dir(model_dir) as tmp:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+    return stats

@@ -126,9 +126,10 @@ def predict_vllm(
                 picked = extract_choice(text, choices_of[ex.pid])
                 values = {"pid": ex.pid, "model": model_name, "mode": "generate", "raw": text, "choice": picked,
                           "choice_text": picked, "option_logprobs": None,
-                          "new_tokens": _new_tokens(completion, stop), "seconds": per_item}
-                # Exactly the schema's columns (a column added to it later is null here).
-                rows.append({name: values.get(name) for name in PREDICTION_SCHEMA.names})
+                          "new_tokens": _new_tokens(completion, stop)}
+                # Exactly the schema's columns (a column added to it later is null here), and the timing
+                # that run_inference moves to the metrics (svrd.infer.pop_seconds).
+                rows.append({**{name: values.get(name) for name in PREDICTION_SCHEMA.names}, "seconds": per_item})
             for r in rows:
                 done[r["pid"]] = r
             if on_batch is not None:

@@ -16,6 +16,7 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 # Small enough for a few CPU minutes, big enough that every stage does real work.
 FAST_PARAMS = {
     "data.sample.per_family": 12,
+    "tiny.pretrain.epochs": 1,
     "train.epochs": 1,
     "train.warmup_steps": 2,
     "train.eval_questions": 4,

@@ -242,7 +242,7 @@ def teach_cfg(**overrides):
 
     base = dict(backend="openai", model="fake-teacher", base_url=None, api_key_env="SVRD_TEST_TEACHER_KEY",
                 concurrency=4, batch_size=2, samples=1, temperature=0.0, max_new_tokens=64, timeout_s=5.0,
-                max_retries=3, on_disagree="substitute")
+                max_retries=3, on_disagree="substitute", on_contradiction="keep")
     base.update(overrides)
     return types.SimpleNamespace(**base)
 

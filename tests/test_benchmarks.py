@@ -69,3 +69,36 @@ def test_peak_memory_of_a_child_is_its_own():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     del ballast
     assert int(out.stdout) < 200 * 1024 * 1024 < peak_rss_bytes()
+
+
+# --- benchmarks/gpu_check.py: prepared on CPU for whoever first has a GPU ---------------------------
+
+
+def test_gpu_check_architectures_have_the_published_sizes():
+    """The configs written in the script give the parameter counts the models are named for
+    (SmolVLM-256M; SmolVLM-Instruct, 2.2B): counted on the meta device, nothing allocated."""
+    from benchmarks.gpu_check import SMOLVLM_2B, SMOLVLM_256M, count_parameters
+
+    assert abs(count_parameters(SMOLVLM_256M) / 256e6 - 1) < 0.01
+    assert 2.2e9 <= count_parameters(SMOLVLM_2B) < 2.3e9
+
+
+def test_gpu_check_tiny_runs_the_whole_script(capsys):
+    """--tiny: build, save, load_student, a distill step, a forced-length decode, and the table."""
+    import torch
+
+    from benchmarks.gpu_check import main
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        (result,) = main(["--tiny", "--models", "smolvlm-256m", "--steps", "1", "--batch", "2", "--gen-batch", "2",
+                          "--new-tokens", "3"])
+    finally:
+        torch.set_num_threads(threads)
+    assert result["model"] == "smolvlm-256m-tiny" and result["steps"] == 1 and result["batch"] == 2
+    # tiny images: 640x480 -> longest edge 128 -> 4 x 3 tiles of 32 px + a global view = 13 x 16 tokens
+    assert result["image_tokens"] == 13 * 16
+    assert result["train_tokens_per_s"] > 0 and result["gen_tokens_per_s"] > 0 and result["new_tokens"] == 3
+    out = capsys.readouterr().out
+    assert "train_peak_gib" in out.splitlines()[-3] and out.splitlines()[-1].startswith("smolvlm-256m-tiny")

@@ -211,6 +211,84 @@ def test_killed_distill_resumes_to_the_same_weights(resume_setup, tmp_path, kill
     assert not differ, f"{len(differ)} tensors differ from the uninterrupted run, e.g. {differ[:3]}"
 
 
-@pytest.mark.parametrize("value", [0, 3])
-def test_save_steps_zero_means_no_checkpoints(value):
-    assert cfg(**{"train.save_steps": value}).save_steps == value
+@pytest.mark.parametrize(("save_steps", "folders"), [(0, []), (2, ["checkpoint-2"])])
+def test_save_steps_zero_means_no_checkpoints(tmp_path, save_steps, folders):
+    """Two real training steps on the tiny LLaVA: with train.save_steps 0 no checkpoint folder is
+    written (2 shows that the check sees one when it is)."""
+    from tiny_models import fake_rationales
+
+    import svrd.distill as distill
+    from svrd.examples import build_examples
+    from svrd.models import freeze, load_model, load_processor
+
+    records = fake_records(4)
+    build_llava(tmp_path / "student", corpus(records))
+    model, processor = load_model(str(tmp_path / "student")), load_processor(str(tmp_path / "student"))
+    freeze(model)
+    c = cfg(**{"train.epochs": 1, "train.batch_size": 2, "train.save_steps": save_steps, "train.warmup_steps": 0,
+               "train.eval_questions": 0})
+    examples = build_examples(records, fake_rationales(records), "rationale", "letter")
+    stats = distill.train(model, processor, examples, [], c, str(tmp_path / "ckpt"))
+    assert stats["steps"] == 2
+    assert sorted(p.name for p in (tmp_path / "ckpt").glob("checkpoint-*")) == folders
+
+
+# --- errors a user can act on, from the stage script ------------------------------------------------
+
+
+def distill_project(root: Path, overrides: dict) -> Path:
+    """A distill stage working directory: params.yaml with `overrides`, the split and the rationales."""
+    import yaml
+    from tiny_models import fake_rationales
+
+    from svrd.io import write_table
+
+    raw = yaml.safe_load((TESTS.parent / "params.yaml").read_text())
+    for dotted, value in overrides.items():
+        section, key = dotted.split(".")
+        raw[section][key] = value
+    root.mkdir(parents=True)
+    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    records = fake_records(4)
+    write_table(root / "data/split/train.parquet", records[:3])
+    write_table(root / "data/split/val.parquet", [{**records[3], "split": "val"}])
+    write_table(root / "data/teach/rationales.parquet",
+                [{**r, "split": "train"} for r in fake_rationales(records[:3]).values()])
+    return root
+
+
+def run_distill_stage(project: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(TESTS.parent), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "OMP_NUM_THREADS": "1", "SVRD_CACHE_DIR": str(project / "cache")}
+    return subprocess.run([sys.executable, str(TESTS.parent / "stages" / "distill.py")], cwd=project, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+# Each case is a stage process (transformers' import alone is a few seconds): 3 runs, about 20 s in all.
+@pytest.mark.parametrize(("overrides", "expected"), [
+    ({"student.model": "/no/such/folder"},
+     r"distill: error: student\.model=/no/such/folder is not a local folder \(no such directory\) nor a Hugging "
+     r"Face Hub id: point student\.model at a folder saved with save_pretrained"),
+    ({"student.model": "HuggingFaceTB/SmolVLM-256M-Instruct"},  # HF_HUB_OFFLINE: no network is tried
+     r"distill: error: student\.model=HuggingFaceTB/SmolVLM-256M-Instruct is not a local folder, and the Hub could "
+     r"not give it \(.+\): fetch it once with `hf download HuggingFaceTB/SmolVLM-256M-Instruct --local-dir DIR` "
+     r"and set student\.model=DIR"),
+    ({"train.precision": "fp16"},
+     r"distill: error: train\.precision=fp16 needs a GPU: .* use train\.precision=bf16 \(or fp32\) on CPU"),
+], ids=["no-such-folder", "hub-id-offline", "fp16-on-cpu"])
+def test_stage_stops_in_one_line(tmp_path, overrides, expected):
+    """A model that cannot load (a missing folder; a Hub id without network) and fp16 on CPU end the
+    stage with one line saying what to do, no traceback, before any training."""
+    import re
+
+    if "train.precision" in overrides:  # a student that loads: fp16 alone is the cause
+        if torch.cuda.is_available():
+            pytest.skip("fp16 runs on a GPU")
+        build_llava(tmp_path / "student", corpus(fake_records(8)))
+        overrides = {**overrides, "student.model": str(tmp_path / "student")}
+    proc = run_distill_stage(distill_project(tmp_path / "project", overrides))
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and re.fullmatch(expected, errors[0]), proc.stderr[-3000:]
+    assert not (tmp_path / "project" / "cache" / "distill").exists()  # stopped before training

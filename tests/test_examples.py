@@ -10,6 +10,8 @@ from svrd.examples import (
     IGNORE_INDEX,
     Collator,
     Example,
+    LengthError,
+    TrainingDataset,
     build_examples,
     build_target,
     encode_prompt,
@@ -137,9 +139,14 @@ def test_model_loss_is_cross_entropy_over_target_positions_only(students, family
     every = torch.nn.functional.cross_entropy(logits[batch["attention_mask"][:, 1:].bool()],
                                               batch["input_ids"][:, 1:][batch["attention_mask"][:, 1:].bool()])
     assert not torch.allclose(out.loss, every, atol=1e-3)
-    # truncation keeps the boundary: a short max_length cuts the target, never the prompt
-    short = encode_training(processor, examples[0], len(encode_prompt(processor, examples[0])["input_ids"][0]) + 3)
-    assert int((short["labels"] != IGNORE_INDEX).sum()) == 3
+    # a cut keeps the boundary: a short max_length may cut the target's tail after its conclusion, never the
+    # prompt, and never the conclusion itself
+    prompt_len = len(encode_prompt(processor, examples[0])["input_ids"][0])
+    after = build_examples(records, fake_rationales(records), "rationale_after", "letter")[0]
+    short = encode_training(processor, after, prompt_len + 12)
+    assert int((short["labels"] != IGNORE_INDEX).sum()) == 12
+    with pytest.raises(LengthError, match=f"pid {examples[0].pid}: needs"):
+        encode_training(processor, examples[0], prompt_len + 12)
 
 
 def test_prompt_over_max_length_names_the_pid(students):
@@ -170,3 +177,102 @@ def test_collator_pads_sequences_and_stacks_images():
     # Idefics3 tiles: the shorter example is padded with an all-zero tile (and mask), which the model skips
     assert batch["pixel_values"].shape == (2, 2, 3, 4, 4)
     assert batch["pixel_values"][0, 1].abs().sum() == 0 and batch["pixel_attention_mask"][0, 1].sum() == 0
+
+
+# --- lengths: measured before training, never cut silently ----------------------------------------
+
+
+def _long_reasoning(records, target: str):
+    """Examples whose first has a rationale ten times the others' (a teacher that rambled)."""
+    rats = fake_rationales(records)
+    first = records[0]["pid"]
+    rats[first] = {**rats[first], "reasoning": " ".join([rats[first]["reasoning"]] * 10)}
+    return build_examples(records, rats, target, "letter")
+
+
+def _real_length(processor, ex) -> int:
+    """Prompt as the processor encodes it + target tokens + EOS (a plain re-count, not check_lengths)."""
+    tok = tokenizer_of(processor)
+    return len(encode_prompt(processor, ex)["input_ids"][0]) + len(tok(ex.target, add_special_tokens=False)["input_ids"]) + 1
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_prompt_lengths_agree_with_the_processor(students, family):
+    """The shortcut (one anchor encode, tokenizer counts, per-size image tokens) gives the processor's
+    own prompt lengths, for prompts and image sizes that differ."""
+    from PIL import Image
+
+    from svrd.examples import PromptLengths
+    from svrd.images import png_bytes
+
+    paths, records = students
+    processor = load_processor(paths[family])
+    examples = build_examples(records, fake_rationales(records), "rationale", "letter")
+    sizes = [(640, 480), (48, 40), (300, 500), (1000, 120)]
+    examples += [Example(f"s{i}", png_bytes(Image.new("RGB", size, (9, 99, 199))), f"Question {i}: " + "why? " * i)
+                 for i, size in enumerate(sizes)]
+    if family != "paligemma":  # PaliGemma's processor takes no image-less prompt
+        examples.append(Example("no-image", None, "A question without an image."))
+    measure = PromptLengths(processor)
+    assert [measure(ex) for ex in examples] == [len(encode_prompt(processor, ex)["input_ids"][0]) for ex in examples]
+
+
+def test_null_max_length_is_the_longest_example(students):
+    paths, records = students
+    processor = load_processor(paths["llava"])
+    examples = _long_reasoning(records, "rationale")
+    ds = TrainingDataset(processor, examples, None)
+    real = [_real_length(processor, ex) for ex in examples]
+    assert ds.max_length == max(real) and ds.truncated == 0
+    assert ds.lengths() == real
+    assert len(ds[0]["input_ids"]) == real[0]  # the long example whole, EOS included
+
+
+def test_a_cut_after_the_conclusion_is_counted(students):
+    """rationale_after puts the conclusion first: a long rationale may lose its tail, and that is counted."""
+    paths, records = students
+    processor = load_processor(paths["llava"])
+    examples = _long_reasoning(records, "rationale_after")
+    real = [_real_length(processor, ex) for ex in examples]
+    cap = max(real[1:])  # every example fits but the long one
+    ds = TrainingDataset(processor, examples, cap)
+    assert real[0] > cap and ds.truncated == 1
+    assert ds.lengths() == [min(n, cap) for n in real]
+    item = ds[0]
+    assert len(item["input_ids"]) == cap
+    kept = tokenizer_of(processor).decode(item["labels"][item["labels"] != IGNORE_INDEX])
+    assert "</CONCLUSION>" in kept
+
+
+def test_a_cut_into_the_conclusion_is_refused_in_one_line(students):
+    """The paper's target ends with the conclusion: any cut but the EOS would train a student that never
+    concludes, so the dataset refuses before training, naming the pid, the length and the params."""
+    paths, records = students
+    processor = load_processor(paths["llava"])
+    examples = _long_reasoning(records, "rationale")
+    real = [_real_length(processor, ex) for ex in examples]
+    cap = max(real[1:])
+    with pytest.raises(LengthError) as err:
+        TrainingDataset(processor, examples, cap)
+    message = str(err.value)
+    assert "\n" not in message
+    assert f"pid {examples[0].pid}: needs {real[0]} tokens" in message
+    assert f"train.max_length={cap}" in message and "student.image_tokens" in message
+    # one token short of the whole target: only the EOS goes, which is counted, not refused
+    assert TrainingDataset(processor, examples, real[0] - 1).truncated == 1
+
+
+def test_a_length_error_ends_a_stage_with_one_line(students, capsys):
+    from svrd.stage import run
+
+    paths, records = students
+    processor = load_processor(paths["llava"])
+
+    def main():
+        TrainingDataset(processor, _long_reasoning(records, "rationale"), 40)
+
+    with pytest.raises(SystemExit) as exit_:
+        run(main)
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 1 and "\n" not in err and "Traceback" not in err
+    assert err.startswith("pytest: error: pid ") or ": error: pid " in err

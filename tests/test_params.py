@@ -82,7 +82,7 @@ def test_each_literal_rejects_a_bad_value_naming_the_key(key):
         ({"train": {"lora": {"rr": 8}}}, "unknown key 'train.lora.rr' (did you mean 'train.lora.r'?)"),
         ({"trian": {"lr": 1e-3}}, "unknown key 'trian' (did you mean 'train'?)"),
         ({"infer": {"max_new_token": 5}}, "did you mean 'infer.max_new_tokens'?"),
-        ({"teach": {"lr": 1e-3}}, "unknown key 'teach.lr' (did you mean 'train.lr'?)"),  # wrong section
+        ({"teach": {"schedule": "linear"}}, "unknown key 'teach.schedule' (did you mean 'train.schedule'?)"),  # wrong section
     ],
 )
 def test_unknown_keys_suggest_the_closest_name(dotted, suggestion):
@@ -232,7 +232,7 @@ def test_load_params_file_errors(tmp_path):
     with pytest.raises(ParamsError, match="expected a mapping"):
         load_params(bad)
     text = (ROOT / "params.yaml").read_text()
-    bad.write_text(text.replace("  lr:", "  lr: 1.0\n  lr:", 1))
+    bad.write_text(text.replace("\n  lr:", "\n  lr: 1.0\n  lr:", 1))
     with pytest.raises(ParamsError, match="'lr' appears twice"):
         load_params(bad)
 

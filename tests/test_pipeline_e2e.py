@@ -92,3 +92,55 @@ def test_cached_vision_features_give_the_live_distill_loss(pipeline_run):
     out = run(["dvc", "exp", "run", "-S", "train.cache_vision_features=true", "-S", "train.lr=1e-4", "distill"],
               project, env).stdout
     assert ran_stages(out) == ["distill"]
+
+
+def _sometimes_wrong(pid, sample: int, prompt: str) -> str:
+    """A teacher that is right when the gold answer is A, right only on its second sample when it is
+    B, and always wrong otherwise, its reasoning then naming the wrong option."""
+    from teacher_server import GOLD_RE, llava_cot_answer
+
+    gold = GOLD_RE.search(prompt).group(1)
+    wrong = "B" if gold == "A" else "A"
+    if gold == "A" or (gold == "B" and sample == 1):
+        return llava_cot_answer(gold)
+    return llava_cot_answer(wrong).replace("leads to one answer.", f"so the answer is ({wrong}).")
+
+
+def test_a_teacher_that_is_sometimes_wrong_through_teach_and_distill(tmp_path):
+    """`dvc repro distill` with teach.backend=openai against the local fake server: agreement on the
+    first or second sample, substitution of the gold letter, and the contradiction count all run
+    end to end, and distill trains on every row. Expected values come from the responder's rule."""
+    from project_copy import copy_project, run_env
+    from teacher_server import FakeTeacher
+
+    with FakeTeacher(responder=_sometimes_wrong) as server:
+        project = copy_project(tmp_path / "project", {
+            "teach.backend": "openai", "teach.model": "fake-cot", "teach.base_url": server.base_url,
+            "teach.samples": 2, "teach.temperature": 0.7, "teach.concurrency": 4})
+        env = run_env(tmp_path)
+        env["OPENAI_API_KEY"] = "not-a-real-key"
+        out = run(["dvc", "repro", "distill"], project, env).stdout
+        requests = len(server.requests)
+    assert ran_stages(out) == ["sample", "filter", "split", "tiny_student", "teach", "features", "distill"]
+    taught = {r["pid"]: r for s in ("train", "val")
+              for r in pq.read_table(project / f"data/split/{s}.parquet", columns=["pid", "answer"]).to_pylist()}
+    rows = {r["pid"]: r for r in pq.read_table(project / "data/teach/rationales.parquet").to_pylist()}
+    assert set(rows) == set(taught)  # substitute keeps every question
+    by_gold = {g: [p for p, r in taught.items() if min(r["answer"], 2) == g] for g in (0, 1, 2)}
+    assert all(by_gold.values())  # every path is taken
+    for pid, row in rows.items():
+        gold = taught[pid]["answer"]
+        if gold == 0:
+            assert (row["outcome"], row["sample"], row["correct"]) == ("agreed", 0, True)
+        elif gold == 1:
+            assert (row["outcome"], row["sample"], row["correct"]) == ("agreed", 1, True)
+        else:
+            assert (row["outcome"], row["correct"], row["letter"], row["contradicts"]) == ("substituted", False, "A", True)
+            assert row["conclusion"].strip() == "ABCDE"[gold]  # the gold letter pasted under the rationale
+    metrics = json.loads((project / "metrics/teach.json").read_text())
+    n_wrong_first = len(by_gold[1]) + len(by_gold[2])
+    assert (metrics["agreed"], metrics["substituted"], metrics["contradicting"]) == (
+        len(by_gold[0]) + len(by_gold[1]), len(by_gold[2]), len(by_gold[2]))
+    assert metrics["requests"] == requests == len(taught) + n_wrong_first  # round 2 asks only the disagreeing
+    assert json.loads((project / "metrics/distill.json").read_text())["examples"] == sum(
+        r["split"] == "train" for r in rows.values())

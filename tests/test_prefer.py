@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -411,3 +412,51 @@ def test_no_pairs_copies_the_distilled_model(tmp_path, students, records):
     assert all((src / p.name).read_bytes() == (dst / p.name).read_bytes() for p in src.iterdir())
     table = pq.read_table(project / "out/pairs.parquet")
     assert table.num_rows == 0 and table.schema.equals(PAIR_SCHEMA)
+
+
+# ------------------------------------------------------------------------------ one prompt encoding
+
+def add_bos(student: Path) -> None:
+    """Make the saved student's tokenizer add a BOS to every text, as Llama tokenizers do (a
+    TemplateProcessing post-processor, saved in tokenizer.json)."""
+    from tokenizers.processors import TemplateProcessing
+
+    from svrd.examples import tokenizer_of
+
+    processor = load_processor(str(student))
+    tok = tokenizer_of(processor)
+    tok.backend_tokenizer.post_processor = TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tok.bos_token_id)])
+    processor.save_pretrained(student)
+
+
+def test_dpo_trains_on_the_prompt_distill_and_infer_encode(tmp_path, records):
+    """With a BOS-adding tokenizer, the prompt ids DPO trains on (TRL's vision collator, as the DPO
+    trainer's own dataloader gives them) are the ids distill trains on and infer generates from, BOS
+    included; and the chosen sequence is token for token what distill would train on for that target."""
+    from svrd.examples import encode_prompt, encode_training, tokenizer_of
+    from svrd.infer import encode_batch
+    from svrd.prefer import dpo_trainer
+
+    student = tmp_path / "bos-student"
+    build_llava(student, corpus(records))
+    add_bos(student)
+    model, processor = load_model(str(student)), load_processor(str(student))
+    tok = tokenizer_of(processor)
+    example = examples_from_rows(records[:1])[0]
+    distill_ids = encode_prompt(processor, example)["input_ids"][0].tolist()
+    infer_ids = encode_batch(processor, [example])["input_ids"][0].tolist()
+    assert distill_ids[0] == tok.bos_token_id and distill_ids.count(tok.bos_token_id) == 1  # the tokenizer adds it
+    assert infer_ids == distill_ids
+
+    chosen = f"<CONCLUSION> {records[0]['choices'][records[0]['answer']]} </CONCLUSION>"
+    pair = {"pid": example.pid, "chosen": chosen, "rejected": "<CONCLUSION> none </CONCLUSION>"}
+    dataset = dpo_dataset(processor, {example.pid: example}, [pair])
+    trainer = dpo_trainer(model, frozen_copy(model), processor, dataset,
+                          prefer_cfg(**{"prefer.train_batch_size": 1}).prefer, tmp_path / "dpo")
+    batch = next(iter(trainer.get_train_dataloader()))
+    real = batch["attention_mask"][0].bool()
+    prompt = batch["completion_mask"][0] == 0
+    assert batch["input_ids"][0][real & prompt].tolist() == distill_ids
+    trained_as = encode_training(processor, replace(example, target=chosen), max_length=4096)["input_ids"].tolist()
+    assert batch["input_ids"][0][real].tolist() == trained_as

@@ -45,7 +45,16 @@ def test_render_report():
     t1 = _table(md, "Table 1")
     assert t1[0] == ["model", "size", *TOPIC_CODES, "overall", "inference (min)"]
     gpt3_row = dict(zip(t1[0], t1[2], strict=True))
-    assert gpt3_row["GEO"] == f"{gpt3['topic/geography']['acc']:.2f}"
+    # Each topic column counted here from the predictions and the records (the paper's topic names),
+    # not taken from scoring.score.
+    results = scoring.load_predictions(SAMPLE / "gpt3_test_predictions.json")
+    paper_topics = {"GEO": "geography", "PHY": "physics", "BIO": "biology", "ERS": "earth-science",
+                    "SAEP": "science-and-engineering-practices", "CHE": "chemistry", "USH": "us-history"}
+    for code, topic in paper_topics.items():
+        of_topic = [p for p in problems if p["topic"] == topic]
+        right = sum(results[p["pid"]] == p["answer"] for p in of_topic)
+        assert gpt3_row[code] == f"{100 * right / len(of_topic):.2f}", code
+    assert gpt3_row["GEO"] == "71.15"  # 37 of the sample's 52 geography questions
     assert gpt3_row["overall"] == "74.52" and gpt3_row["inference (min)"] == "1.5"
     student = dict(zip(t1[0], t1[3], strict=True))
     assert student["size"] == "0.8M" and student["GEO"] == "–" and student["PHY"] == "0.00"

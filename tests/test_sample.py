@@ -145,3 +145,37 @@ def test_cli(tmp_path, capsys):
 def test_cli_rejects_bad_count(tmp_path, capsys):
     assert cli.main(["sample", str(tmp_path / "x"), "--per-family", "0"]) == 2
     assert "per_family" in capsys.readouterr().err
+
+
+def test_no_two_questions_alike(tmp_path):
+    """No question repeats another in what a student sees (question, options, hint, image pixels):
+    a test question with a twin in train would be scored as held out. The key is computed here from
+    the written files, independently of the generator's own check."""
+    out = tmp_path / "s"
+    generate(out, per_family=60, seed=0)
+    problems, _, _ = _load(out)
+    keys = Counter()
+    for pid, rec in problems.items():
+        with Image.open(out / "images" / rec["split"] / pid / "image.png") as img:
+            pixels = hashlib.sha256(img.convert("RGB").tobytes()).hexdigest()
+        keys[(rec["question"], tuple(sorted(rec["choices"])), rec["hint"], pixels)] += 1
+    assert max(keys.values()) == 1, [k[0] for k, n in keys.items() if n > 1][:3]
+
+
+def test_a_family_that_repeats_itself_is_redrawn_then_refused():
+    """A family with only two distinct questions: two are drawn (the second after redraws), and the
+    third cannot be, which is an error naming the family rather than a silent twin."""
+    import random as _random
+
+    from svrd.errors import SvrdError
+    from svrd.sample import build_records
+    from svrd.sample.families import Family, make_magnets
+
+    def two_kinds(rng):
+        return make_magnets(_random.Random(rng.random() < 0.5))  # seeds False/True: two items
+
+    family = Family("twins", "natural science", "physics", "Magnets", "Twins", two_kinds)
+    rows = list(build_records(2, 0, (family,)))
+    assert len({r[3] for r in rows}) == 2
+    with pytest.raises(SvrdError, match="twins"):
+        list(build_records(3, 0, (family,)))

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pytest
 from fixture_data import scienceqa_sample
@@ -146,3 +147,59 @@ def test_cli_score(tmp_path, capsys):
     assert printed["all"]["acc"] == 74.52
     assert read_json(out) == printed
     assert main(["score", str(tmp_path / "missing"), str(GPT3)]) == 2
+
+
+def test_prediction_edge_values_count_as_the_scorer_documents():
+    problems = [_problem(str(i), answer=1, n=3) for i in range(8)]
+    preds = {
+        "0": 1,                  # right
+        "1": 3,                  # one past the last option: out of range, not a fourth option
+        "2": -1,                 # out of range
+        "3": float("nan"),       # pandas' null: unparseable
+        "4": 1.0,                # a whole float is that option
+        "5": 1.5,                # not an option index: out of range
+        "6": True,               # a bool is not an index
+        "7": np.int64(1),        # numpy integers are indices
+    }
+    m = scoring.score(problems, preds)
+    assert (m["all"]["correct"], m["unparseable"], m["out_of_range"], m["missing"]) == (3, 1, 4, 0)
+
+
+def test_a_problem_without_a_topic_or_known_grade_counts_in_no_topic_or_grade_group():
+    m = scoring.score([_problem("1", topic="", grade="", subject="")], {"1": 0})
+    assert [k for k in m if k.startswith("topic/")] == []
+    assert m["G1-6"]["total"] == m["G7-12"]["total"] == 0
+    assert m["NAT"]["total"] == m["SOC"]["total"] == m["LAN"]["total"] == 0
+    assert m["all"] == {"acc": 100.0, "correct": 1, "total": 1}
+
+
+def test_pid_splits_decide_the_split_when_records_carry_none(tmp_path):
+    raw = read_json(SAMPLE / "problems.json")
+    write_json(tmp_path / "problems.json", {k: {f: v for f, v in rec.items() if f != "split"} for k, rec in raw.items()})
+    (tmp_path / "pid_splits.json").write_text((SAMPLE / "pid_splits.json").read_text())
+    assert {p["pid"] for p in scoring.load_problems(tmp_path, split="test")} == set(read_json(GPT3)["results"])
+
+
+def test_pq_suffix_and_a_table_that_is_not_a_problems_table(tmp_path):
+    path = _parquet_problems(tmp_path)
+    pq_path = path.rename(tmp_path / "problems.pq")
+    assert len(scoring.load_problems(pq_path, split="test")) == 361
+    write_table(tmp_path / "other.parquet", [{"pid": "1", "choices": ["a"]}])
+    with pytest.raises(SvrdError, match=r"missing columns \['answer'\]"):
+        scoring.load_problems(tmp_path / "other.parquet")
+
+
+def test_string_predictions_that_are_integers(tmp_path):
+    write_json(tmp_path / "p.json", {"results": {"1": "-1", "2": " 2 "}})
+    assert scoring.load_predictions(tmp_path / "p.json") == {"1": -1, "2": 2}
+
+
+def test_cli_passes_split_and_model_through(tmp_path, capsys):
+    problems = _parquet_problems(tmp_path)
+    rows = [{"pid": pid, "choice": c, "model": "gpt3"} for pid, c in scoring.load_predictions(GPT3).items()]
+    write_table(tmp_path / "preds.parquet", rows + [{**r, "choice": None, "model": "other"} for r in rows])
+    assert main(["score", str(problems), str(tmp_path / "preds.parquet"), "--model", "gpt3", "--split", "all"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    # every record of the sample, of which only the 361 test pids are predicted
+    assert printed["all"]["total"] == 1773 and printed["all"]["correct"] == 269
+    assert printed["missing"] == 1773 - 361

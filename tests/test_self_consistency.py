@@ -193,7 +193,7 @@ def test_run_inference_resumes_self_consistency(tiny, tmp_path, monkeypatch):
 
 def test_tiny_student_biased_to_letters_votes(tiny):
     """A logit bias on the letters A and B makes each one-token chain a bare choice, so the real
-    sampler's chains do vote: votes sum to the samples, and the answer follows `majority_vote`."""
+    sampler's chains do vote: votes sum to the samples, and the answer follows the voting rule."""
     from svrd.examples import tokenizer_of
 
     tok = tokenizer_of(tiny["processor"])
@@ -218,7 +218,10 @@ def test_tiny_student_biased_to_letters_votes(tiny):
     for pred, g in zip(preds, greedy, strict=True):
         votes = json.loads(pred["votes"])
         assert sum(votes) == 4 and sum(votes[:2]) == 4
-        assert (pred["choice"], votes) == majority_vote(
-            [0] * votes[0] + [1] * votes[1], len(votes), g["choice"])[:2]
+        # the voting rule written out here, not taken from majority_vote: the most votes win; a tie
+        # goes to the greedy answer when it is among the leaders, else no answer
+        leaders = [k for k, v in enumerate(votes) if v == max(votes)]
+        expected = leaders[0] if len(leaders) == 1 else (g["choice"] if g["choice"] in leaders else None)
+        assert pred["choice"] == expected
     assert any(p["choice"] is not None for p in preds)
     assert len({p["votes"] for p in preds}) > 1  # the chains really are sampled

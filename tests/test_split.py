@@ -126,3 +126,32 @@ def test_streaming_split_file_equals_the_in_memory_split(sample_table, strategy,
     for name, part in expected.items():
         assert pq.read_table(tmp_path / "out" / f"{name}.parquet").equals(part)
         assert counts[name] == part.num_rows
+
+
+def _content_table(rows) -> pa.Table:
+    cols = ("pid", "split", "topic", "question", "choices", "hint", "image")
+    return pa.table({c: [r[i] for r in rows] for i, c in enumerate(cols)})
+
+
+def test_cross_split_twins_are_counted_by_content(tmp_path):
+    """A test question identical to a training one in what the student sees (question, options in any
+    order, hint, image bytes) is counted under any pid; one differing in any of those is not."""
+    import pyarrow.parquet as pq
+
+    from svrd.split import split_file
+
+    base = ("train", "t", "Which is hotter?", ["June", "May"], "A graph.", b"png-1")
+    rows = [("1", *base)]
+    rows.append(("2", "test", "t", "Which is hotter?", ["May", "June"], "A graph.", b"png-1"))   # twin, options shuffled
+    rows.append(("3", "test", "t", "Which is hotter?", ["June", "May"], "A graph.", b"png-2"))   # other image
+    rows.append(("4", "test", "t", "Which is hotter?", ["June", "May"], "Another.", b"png-1"))   # other hint
+    rows.append(("5", "test", "t", "Which is colder?", ["June", "May"], "A graph.", b"png-1"))   # other question
+    rows.append(("6", "test", "t", "Which is hotter?", ["June", "April"], "A graph.", b"png-1"))  # other options
+    rows.append(("7", "val", "t", "Which is hotter?", ["June", "May"], "A graph.", b"png-1"))    # twin in val
+    rows.append(("8", "test", "t", "Q?", ["a", "b"], "", b"png-3"))
+    rows.append(("9", "val", "t", "Q?", ["b", "a"], None, b"png-3"))                            # no hint = empty hint
+    pq.write_table(_content_table(rows), tmp_path / "problems.parquet", row_group_size=3)
+    counts = split_file(tmp_path / "problems.parquet", tmp_path / "out")
+    dup = counts["duplicates"]
+    assert (dup["test_in_train"], dup["test_in_val"], dup["val_in_train"]) == (1, 2, 1)
+    assert ["2", "1"] in dup["examples"] and ["8", "9"] in dup["examples"]

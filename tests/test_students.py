@@ -94,23 +94,33 @@ def test_family_trains_and_predicts(family, built, data, tmp_path):
 
 
 def test_image_tokens_set_the_idefics3_resolution(built, data):
+    """A budget below one tile (16 tokens: 32 px / patch 4 / scale 2, squared) gives one smaller image;
+    above it, a cap on tiles of the native 32 px (never a larger tile)."""
     path = built["idefics3"]["path"]
     model = load_model(path)
     processor = load_processor(path)
-    info = apply_image_tokens(model, processor, 36)  # 6x6 after pixel shuffle: 48 px at patch 4, scale 2
-    assert info == {"image_tokens": 36, "requested": 36, "applied": True, "image_size": 48}
-    assert processor.image_seq_len == 36 and count_image_tokens(processor) == 36
+    info = apply_image_tokens(model, processor, 9)  # 3x3 after pixel shuffle: 3 * 4 * 2 = 24 px
+    assert info == {"family": "idefics3", "image_tokens": 9, "requested": 9, "applied": True,
+                    "how": "one 24px image, no tiling (9 tokens; native tiles are 32px)"}
+    assert processor.image_seq_len == 9 and count_image_tokens(processor) == 9
     # the model runs at that resolution (token count and features agree)
     _, examples = data
     from svrd.examples import Collator, encode_training
 
     batch = Collator(tokenizer_of(processor).pad_token_id)([encode_training(processor, e, 512) for e in examples[:2]])
-    assert batch["pixel_values"].shape[-2:] == (48, 48)
+    assert batch["pixel_values"].shape[-2:] == (24, 24)
     assert torch.isfinite(model(**batch).loss)
-    # the paper's 729 (27x27): nearest reachable count, exact here
-    assert apply_image_tokens(model, processor, 729)["image_tokens"] == 729
-    # not a square: the nearest square count
-    assert apply_image_tokens(model, processor, 30)["image_tokens"] == 25
+    # the paper's 729: at most 6x6 tiles of 32 px (37 * 16 = 592 <= 729 < 50 * 16); a 640x480 image is resized
+    # to 192x144 -> 6 x 5 tiles + the global view = 31 * 16 = 496 tokens, every tile 32 px
+    fresh = load_processor(path)
+    info = apply_image_tokens(model, fresh, 729)
+    assert info["image_tokens"] == 496 and info["applied"]
+    from PIL import Image
+
+    pixels = fresh(images=[Image.new("RGB", (640, 480))], text=["<image>"], return_tensors="pt")["pixel_values"]
+    assert pixels.shape[1:] == (31, 3, 32, 32)
+    # between one and two tiles' worth: one native tile, not a larger image
+    assert apply_image_tokens(model, load_processor(path), 30)["image_tokens"] == 16
 
 
 @pytest.mark.parametrize("family", ["llava", "paligemma"])
@@ -119,8 +129,10 @@ def test_image_tokens_not_applicable_to_fixed_resolution_families(built, family,
     processor = load_processor(path)
     with caplog.at_level("INFO", logger="svrd.models"):
         info = apply_image_tokens(load_model(path), processor, 729)
-    assert info == {"image_tokens": built[family]["image_tokens"], "requested": 729, "applied": False}
+    assert info["image_tokens"] == built[family]["image_tokens"]
+    assert info["requested"] == 729 and not info["applied"] and info["how"].startswith("not applicable")
     assert "not applicable" in caplog.text
+    assert apply_image_tokens(load_model(path), processor, None)["how"] == "native processing"
 
 
 # --- LoRA -------------------------------------------------------------------------------------------
@@ -224,12 +236,12 @@ def test_base_infer_sees_the_resolution_distill_trains_at(built, data, tmp_path,
     monkeypatch.setenv("SVRD_CACHE_DIR", str(tmp_path))
     path = built["idefics3"]["path"]
     before = count_image_tokens(load_processor(path))
-    params = PARAMS.with_overrides({"student.model": path, "student.image_tokens": 36, "infer.max_new_tokens": 4,
+    params = PARAMS.with_overrides({"student.model": path, "student.image_tokens": 9, "infer.max_new_tokens": 4,
                                     "infer.batch_size": 4})
     records, _ = data
     rows, stats = run_inference(params, "base", [{**r, "split": "test"} for r in records[:2]])
     assert [r["pid"] for r in rows] == [r["pid"] for r in records[:2]]
-    assert stats["image_tokens"] == 36 != before
+    assert stats["image_tokens"] == 9 != before
     assert count_image_tokens(load_processor(path)) == before
 
 
@@ -245,3 +257,81 @@ def test_lora_init_is_drawn_from_the_seed(built):
     assert all(torch.equal(first[n], again[n]) for n in first)
     assert not all(torch.equal(first[n], other[n]) for n in first)
     assert torch.equal(torch.random.get_rng_state(), before)  # the caller's RNG did not move
+
+
+# --- ranks and stop tokens --------------------------------------------------------------------------
+
+
+def test_each_rank_loads_onto_its_own_gpu(monkeypatch):
+    """Under torchrun / accelerate launch (LOCAL_RANK set) a rank's device is its own GPU, as accelerate
+    picks it; before, every rank first loaded its copy onto cuda:0."""
+    from svrd.models import pick_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert pick_device() == torch.device("cuda", 3)
+    monkeypatch.delenv("LOCAL_RANK")
+    assert pick_device() == torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert pick_device() == torch.device("cpu")
+
+
+def test_the_student_is_loaded_onto_the_chosen_device(built, monkeypatch):
+    import svrd.models as models
+
+    monkeypatch.setattr(models, "pick_device", lambda: torch.device("meta"))  # stands for the rank's GPU
+    params = PARAMS.with_overrides({"student.model": built["llava"]["path"]})
+    model, _, _, _ = models.load_student(params.student, "auto")
+    assert {p.device for p in model.parameters()} == {torch.device("meta")}
+
+
+def test_generation_stops_at_any_of_the_models_stop_tokens(built, data):
+    """A model whose generation config lists two stop tokens [EOS, b] stops at b (Llama 3's
+    <|eot_id|>): the tokenizer's single EOS no longer overrides the model's list."""
+    from svrd.infer import encode_batch, eos_ids, generate_ids
+
+    path = built["idefics3"]["path"]
+    model, processor = load_model(path).eval(), load_processor(path)
+    with torch.random.fork_rng(), torch.no_grad():  # larger random weights: an output that varies (8 tokens)
+        torch.manual_seed(0)
+        for name, p in model.named_parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, 0.3 if "embed" in name else 0.08)
+    tok = tokenizer_of(processor)
+    _, examples = data
+    inputs = encode_batch(processor, examples[:1])
+    free = generate_ids(model, processor, inputs, max_new_tokens=8)[0]  # stops only at the tokenizer's EOS
+    assert len(free) == 8 and tok.eos_token_id not in free
+    k = next(i for i in range(3, len(free)) if free[i] not in free[:i])  # b first appears at position k >= 3
+    b = free[k]
+    model.generation_config.eos_token_id = [tok.eos_token_id, b]
+    assert eos_ids(model, tok) == [tok.eos_token_id, b]
+    generate, lengths = model.generate, []
+    model.generate = lambda **kw: lengths.append(len((out := generate(**kw))[0])) or out
+    assert generate_ids(model, processor, inputs, max_new_tokens=8)[0] == free[:k]
+    assert lengths == [inputs["input_ids"].shape[1] + k + 1]  # generation itself ended at b (one sequence: no padding)
+    model.generation_config.eos_token_id = None  # a model that names none: the tokenizer's
+    assert eos_ids(model, tok) == [tok.eos_token_id]
+
+
+def test_image_tokens_budget_is_qwen2_vl_max_pixels():
+    """Qwen2-VL's processor gives one token per 28x28 pixels (patch 14, merge 2): a budget of 256 tokens is
+    max_pixels 256 * 784; its own output for a 640x480 image then stays within the budget (the
+    native setting gives (480 / 28 -> 17) x (640 / 28 -> 23) = 391; torchvision-free: image processor only)."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from svrd.models import _apply_pixel_budget, _is_pixel_budget
+
+    def tokens(image_processor) -> int:
+        grid = image_processor(images=[Image.new("RGB", (640, 480))], return_tensors="pt")["image_grid_thw"][0]
+        return int(grid.prod()) // image_processor.merge_size**2
+
+    processor = SimpleNamespace(image_processor=Qwen2VLImageProcessorPil())
+    assert _is_pixel_budget(processor) and tokens(processor.image_processor) == 17 * 23
+    how = _apply_pixel_budget(processor, 256)
+    assert "max_pixels=200704" in how
+    assert 0.9 * 256 <= tokens(processor.image_processor) <= 256

@@ -140,12 +140,14 @@ def test_greedy_samples_warn(tmp_path):
         run(make_problems(1), teach_cfg(base_url=server.base_url, samples=2), tmp_path / "c.sqlite")
 
 
-def test_changed_prompt_version_or_decoding_misses_the_cache(tmp_path, monkeypatch):
+def test_changed_template_or_decoding_misses_the_cache(tmp_path, monkeypatch):
+    import svrd.teach.prompt
+
     rows = make_problems(2)
     with FakeTeacher() as server:
         run(rows, teach_cfg(base_url=server.base_url), tmp_path / "c.sqlite")
         run(rows, teach_cfg(base_url=server.base_url, max_new_tokens=65), tmp_path / "c.sqlite")
-        monkeypatch.setattr("svrd.teach.run.PROMPT_VERSION", "0123456789ab")
+        monkeypatch.setattr(svrd.teach.prompt, "TEMPLATE", svrd.teach.prompt.TEMPLATE + "\nBe brief.")
         run(rows, teach_cfg(base_url=server.base_url), tmp_path / "c.sqlite")
         assert len(server.answered()) == 6
 

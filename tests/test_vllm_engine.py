@@ -95,7 +95,7 @@ def _scripted(eos: int):
     return respond
 
 
-def test_prompts_images_sampling_and_rows(tiny, monkeypatch):
+def test_fake_vllm_gets_the_prompts_images_and_sampling_and_its_outputs_become_rows(tiny, monkeypatch):
     processor, rows = tiny["processor"], tiny["rows"][:3]
     tok = tokenizer_of(processor)
     examples = examples_from_rows(rows)
@@ -121,7 +121,7 @@ def test_prompts_images_sampling_and_rows(tiny, monkeypatch):
                                                                     add_generation_prompt=True, tokenize=False)}
     # Rows: exactly the schema's columns, in the order of the examples, parsed by extract_choice.
     assert [r["pid"] for r in out] == [ex.pid for ex in examples] + ["text-only"]
-    assert all(list(r) == PREDICTION_SCHEMA.names for r in out)
+    assert all(list(r) == [*PREDICTION_SCHEMA.names, "seconds"] for r in out)  # seconds: moved to metrics by run_inference
     pa.Table.from_pylist(out, schema=PREDICTION_SCHEMA)
     assert [r["choice"] for r in out] == [1, 0, None, 1]
     assert [r["choice_text"] for r in out] == [1, 0, None, 1]
@@ -131,7 +131,7 @@ def test_prompts_images_sampling_and_rows(tiny, monkeypatch):
                and r["seconds"] >= 0 for r in out)
 
 
-def test_resume_and_chunks(tiny, monkeypatch):
+def test_fake_vllm_resume_and_chunks(tiny, monkeypatch):
     processor, rows = tiny["processor"], tiny["rows"][:5]
     examples = examples_from_rows(rows)
     fake = FakeVllm(_scripted(tokenizer_of(processor).eos_token_id))
@@ -153,7 +153,7 @@ def test_resume_and_chunks(tiny, monkeypatch):
     assert again == out and fake2.inits == [] and fake2.calls == []
 
 
-def test_same_rows_as_the_hf_path_when_the_engine_decodes_like_it(tiny, monkeypatch):
+def test_a_fake_vllm_that_decodes_with_the_hf_model_gives_the_hf_paths_rows(tiny, monkeypatch):
     """A fake engine that decodes each request it is given with the tiny HF model (greedy, batch 1)
     must reproduce svrd.infer.predict's rows: so the prompt and image passed carry everything."""
     model, processor, rows = tiny["model"], tiny["processor"], tiny["rows"][:4]
@@ -196,7 +196,7 @@ def test_a_lora_adapter_folder_is_refused(monkeypatch, tmp_path):
     assert fake.inits == []
 
 
-def test_infer_stage_routes_engine_vllm_through_predict_vllm(tiny, monkeypatch, tmp_path):
+def test_run_inference_routes_engine_vllm_to_predict_vllm_on_a_fake_vllm(tiny, monkeypatch, tmp_path):
     """run_inference with infer.engine=vllm: vLLM's rows, the usual stats, resume log removed."""
     from svrd.infer import PREDICTION_SCHEMA, run_inference
     from svrd.params import load_params

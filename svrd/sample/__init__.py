@@ -69,17 +69,17 @@ def _record(family: Family, item: Item, position: int, split: str) -> dict:
     }
 
 
-def build_records(per_family: int = 180, seed: int = 0):
+def build_records(per_family: int = 180, seed: int = 0, families: tuple[Family, ...] = FAMILIES):
     """Yield (pid, record, caption, png_bytes) in pid order, families interleaved."""
     if per_family < 1:
         raise SvrdError(f"per_family must be at least 1, got {per_family}")
-    plans = [_split_plan(f, per_family, seed) for f in FAMILIES]
+    plans = [_split_plan(f, per_family, seed) for f in families]
     placed: dict[tuple[int, int], int] = {}  # (family, number of options) -> questions so far
+    drawn: set[str] = set()  # content of every question so far: no two questions are the same
     for index in range(per_family):
-        for f_idx, family in enumerate(FAMILIES):
-            pid = str(FIRST_PID + index * len(FAMILIES) + f_idx)
-            rng = random.Random(f"svrd-sample:{seed}:{family.name}:{index}")
-            item = family.make(rng)
+        for f_idx, family in enumerate(families):
+            pid = str(FIRST_PID + index * len(families) + f_idx)
+            rng, item, png = _unique_item(family, seed, index, drawn)
             n_choices = 1 + len(item.distractors)
             # Rotate the right option through the positions, separately for each number of
             # options, so letters are balanced within a family; the distractors are shuffled.
@@ -87,7 +87,29 @@ def build_records(per_family: int = 180, seed: int = 0):
             seen = placed.get((f_idx, n_choices), 0)
             placed[(f_idx, n_choices)] = seen + 1
             position = (seen + f_idx) % n_choices
-            yield pid, _record(family, item, position, plans[f_idx][index]), item.caption, png_bytes(item.image)
+            yield pid, _record(family, item, position, plans[f_idx][index]), item.caption, png
+
+
+MAX_DRAWS = 100
+
+
+def _unique_item(family: Family, seed: int, index: int, drawn: set[str]):
+    """The index-th question of a family, redrawn (from a seed that names the attempt) while a question
+    with the same text, options, hint and image exists already: a twin of a training question in the
+    test split would be scored as held out while the student has memorised it."""
+    from svrd.split import content_key
+
+    for attempt in range(MAX_DRAWS):
+        tag = f"svrd-sample:{seed}:{family.name}:{index}" + (f":{attempt}" if attempt else "")
+        rng = random.Random(tag)
+        item = family.make(rng)
+        png = png_bytes(item.image)
+        key = content_key(item.question, [item.correct, *item.distractors], item.hint, png)
+        if key not in drawn:
+            drawn.add(key)
+            return rng, item, png
+    raise SvrdError(f"sample: family {family.name} has no new question after {MAX_DRAWS} draws at index {index}: "
+                    f"lower data.sample.per_family")
 
 
 def _dump(path: Path, obj) -> None:

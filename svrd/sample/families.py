@@ -66,15 +66,17 @@ STATES = {
     "Avalon": "red", "Brisa": "blue", "Corvo": "green", "Delmar": "orange",
     "Esmer": "purple", "Falun": "yellow", "Galen": "pink", "Halden": "teal",
 }
-# Image-space unit vectors (x right, y down) and their words.
-_VEC_WORD = {(0, -1): "top", (0, 1): "bottom", (-1, 0): "left", (1, 0): "right"}
-_SIDE = {(0, -1): "the top", (0, 1): "the bottom", (-1, 0): "the left side", (1, 0): "the right side"}
 _ROW = ("top", "middle", "bottom")
 _COL = ("left", "center", "right")
+# North is at the top, as on ScienceQA's maps: each direction is one side of the map, and the
+# state farthest that way is the one state on that side (its row or column holds no other state).
+_SIDE = {"north": ("top", lambda r, c: r == 0), "south": ("bottom", lambda r, c: r == 2),
+         "west": ("left", lambda r, c: c == 0), "east": ("right", lambda r, c: c == 2)}
 
 MAP_LECTURE = (
     "Maps have four cardinal directions: north, south, east, and west. A compass rose shows them, "
-    "and its red arrow points north. East is a quarter turn clockwise from north."
+    "and its red arrow points north. On this map north is at the top, south at the bottom, east on "
+    "the right, and west on the left."
 )
 
 
@@ -88,39 +90,28 @@ def _cell_words(r: int, c: int) -> str:
     return f"the {_ROW[r]} {_COL[c]}"
 
 
-def _directions(north: tuple[int, int]) -> dict[str, tuple[int, int]]:
-    nx, ny = north
-    east = (-ny, nx)  # a quarter turn clockwise on screen
-    return {"north": north, "south": (-nx, -ny), "east": east, "west": (-east[0], -east[1])}
-
-
-def _draw_compass(draw, cx: float, cy: float, north: tuple[int, int]) -> None:
-    for name, (vx, vy) in _directions(north).items():
-        length, half = (16, 6) if name == "north" else (11, 4)
+def _draw_compass(draw, cx: float, cy: float) -> None:
+    for (vx, vy), north in (((0, -1), True), ((0, 1), False), ((1, 0), False), ((-1, 0), False)):
+        length, half = (16, 6) if north else (11, 4)
         px, py = -vy, vx
         pts = [(cx + vx * length, cy + vy * length), (cx + px * half, cy + py * half), (cx - px * half, cy - py * half)]
-        draw.polygon(pts, fill=COLOURS["red"] if name == "north" else DARK)
+        draw.polygon(pts, fill=COLOURS["red"] if north else DARK)
     draw.ellipse([cx - 2, cy - 2, cx + 2, cy + 2], fill=WHITE, outline=DARK)
-    vx, vy = north
-    centered_text(draw, (cx + vx * 22, cy + vy * 22), "N", 9, fill=COLOURS["red"])
+    centered_text(draw, (cx, cy - 22), "N", 9, fill=COLOURS["red"])
 
 
 def make_compass_map(rng: random.Random) -> Item:
-    north = rng.choice(list(_VEC_WORD))
-    dirs = _directions(north)
     direction = rng.choice(["north", "south", "east", "west"])
-    vx, vy = dirs[direction]
-    corner = rng.choice([(0, 0), (0, 2), (2, 0), (2, 2)])
+    side, on_side = _SIDE[direction]
+    corner = rng.choice([(0, 0), (0, 2), (2, 0), (2, 2)])  # the compass rose's cell
     free = [(r, c) for r in range(3) for c in range(3) if (r, c) != corner]
-    n_states = 4 if rng.random() < 0.6 else 3
+    n_states = 4 if rng.random() < 0.5 else 3
     while True:
         cells = rng.sample(free, n_states)
-        scores = [c * vx + r * vy for r, c in cells]
-        best = max(scores)
-        if scores.count(best) == 1:
+        if sum(on_side(r, c) for r, c in cells) == 1:
             break
     names = rng.sample(sorted(STATES), n_states)
-    winner = names[scores.index(best)]
+    winner = next(n for (r, c), n in zip(cells, names, strict=True) if on_side(r, c))
 
     img, draw = canvas()
     draw.rectangle([3, 3, SIZE - 4, SIZE - 4], fill=(238, 228, 198), outline=DARK, width=2)
@@ -138,17 +129,12 @@ def make_compass_map(rng: random.Random) -> Item:
                (cx - w - rng.randint(0, 3), cy + rng.randint(-3, 3))]
         draw.polygon(pts, fill=COLOURS[STATES[name]], outline=DARK)
         centered_text(draw, (cx, cy), name, 8, fill=WHITE if STATES[name] not in ("yellow",) else (20, 20, 20))
-    _draw_compass(draw, 24 + 40 * corner[1], 24 + 40 * corner[0], north)
+    _draw_compass(draw, 24 + 40 * corner[1], 28 + 40 * corner[0])
 
     where = [f"{name} ({STATES[name]}) at {_cell_words(r, c)}" for (r, c), name in sorted(zip(cells, names, strict=True))]
-    caption = f"A map with {len(names)} colored states: {_join(where)}. The compass rose points north to the {_VEC_WORD[north]}."
-    side = _SIDE[(vx, vy)]
-    lead = f"The north arrow points to the {_VEC_WORD[north]}"
-    if direction == "north":
-        lead += "."
-    else:
-        lead += f", so {direction} is toward {side} of the map."
-    solution = f"{lead} {winner} is the closest to {side}. So, {winner} is farthest {direction}."
+    caption = f"A map with {len(names)} states: {_join(where)}. North is at the top."
+    solution = (f"{direction.capitalize()} is toward the {side} of the map. {winner} is the only state at the {side}. "
+                f"So, {winner} is farthest {direction}.")
     return Item(
         question=f"Which of these states is farthest {direction}?",
         correct=winner,
@@ -181,13 +167,14 @@ def make_magnets(rng: random.Random) -> Item:
     gap = rng.randint(10, 20)
     length = (SIZE - 12 - gap) // 2
     thick = rng.randint(26, 32)
+    shift = rng.randint(-20, 20)  # across the bars' axis: more distinct images (no twins across splits)
     img, draw = canvas()
     for k, poles in enumerate((first, second)):
         start = 6 + k * (length + gap)
         for h, pole in enumerate(poles):
             a = start + h * (length // 2)
             b = start + (h + 1) * (length // 2)
-            lo, hi = SIZE // 2 - thick // 2, SIZE // 2 + thick // 2
+            lo, hi = SIZE // 2 - thick // 2 + shift, SIZE // 2 + thick // 2 + shift
             box = [lo, a, hi, b] if vertical else [a, lo, b, hi]
             draw.rectangle(box, fill=POLE_COLOUR[pole], outline=DARK, width=1)
             centered_text(draw, ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2), pole, 14, fill=WHITE)
@@ -227,6 +214,7 @@ def make_magnets(rng: random.Random) -> Item:
 # --------------------------------------------------------------------------------------------
 
 PARTICLE_COLOURS = ("purple", "green", "blue", "red", "orange", "pink")
+MAX_PARTICLES = 6  # per beaker: few enough to count from the student's 64 image patches
 NEITHER = "neither; their concentrations are the same"
 SOLUTION_LECTURE = (
     "A solution is made of solute particles mixed into a solvent. Concentration is the ratio of "
@@ -256,9 +244,9 @@ def make_concentration(rng: random.Random) -> Item:
     volume = rng.choice([25, 30, 35, 40, 45, 50])
     outcome = rng.choice(["A", "B", "same"])
     if outcome == "same":
-        a = b = rng.randint(1, 9)
+        a = b = rng.randint(1, MAX_PARTICLES)
     else:
-        hi = rng.randint(2, 9)
+        hi = rng.randint(2, MAX_PARTICLES)
         lo = rng.randint(1, hi - 1)
         a, b = (hi, lo) if outcome == "A" else (lo, hi)
     img, draw = canvas()
@@ -369,24 +357,21 @@ def make_food_web(rng: random.Random) -> Item:
         path.append(prev[path[-1]])
     path.reverse()
 
-    slots = rng.sample(range(6), len(nodes))
-    centre, rx, ry, node_r = (64, 63), 48, 44, 11
-    pos = {}
-    for k, s in zip(nodes, slots, strict=True):
-        ang = math.radians(-90 + 60 * s)
-        pos[k] = (centre[0] + rx * math.cos(ang), centre[1] + ry * math.sin(ang))
+    # Drawn as food webs usually are, one row per level (producers at the bottom), each organism in
+    # its own colour: an arrow goes straight up or crosses over, which the student can see.
+    node_r = 12
+    pos = {k: (34 + 60 * (k % 2) + rng.randint(-3, 3), 106 - 40 * _level(k) + rng.randint(-2, 2)) for k in nodes}
     img, draw = canvas()
     for a, b in edges:
         (x0, y0), (x1, y1) = pos[a], pos[b]
         d = math.hypot(x1 - x0, y1 - y0)
         ux, uy = (x1 - x0) / d, (y1 - y0) / d
         arrow(draw, (x0 + ux * (node_r + 1), y0 + uy * (node_r + 1)), (x1 - ux * (node_r + 1), y1 - uy * (node_r + 1)),
-              fill=(30, 30, 30), width=3, head_len=11, head_half=6)
+              fill=(30, 30, 30), width=3, head_len=9, head_half=6)
     for k in nodes:
         x, y = pos[k]
         draw.ellipse([x - node_r, y - node_r, x + node_r, y + node_r], fill=COLOURS[colour[names[k]]], outline=DARK, width=2)
-        label_y = y - node_r - 6 if y < centre[1] - ry + 1 else y + node_r + 6
-        centered_text(draw, (x, label_y), names[k], 9, halo=True)
+        centered_text(draw, (x + (-22 if k % 2 == 0 else 22), y), names[k], 8, halo=True)
 
     src_n, tgt_n, decoy_n = names[src], names[target], names[decoy]
     rank = {k: base.index(names[k]) for k in nodes}  # captions list organisms in a fixed order
@@ -434,33 +419,23 @@ def make_climate(rng: random.Random) -> Item:
     word = rng.choice(sorted(_MEASURES))
     measure, unit, bar, top, is_max = _MEASURES[word]
     town = rng.choice(TOWNS)
-    # Three months at least 3 apart; the right one is drawn uniformly among them, and the year's
-    # curve is built around it. (Taking the year's extreme plus months far from it would let a
-    # text-only model pick the month that stands apart from the other two.)
+    # The graph has a slot for every month, and bars for the three months asked about (at least 3
+    # apart, so each bar stands alone). Their values are drawn independently of the month, with
+    # clear gaps, so only the bars decide: no season or spacing gives the answer away to a model
+    # that reads the text alone.
     while True:
         picked = sorted(rng.sample(range(12), 3))
         gaps = [(picked[(k + 1) % 3] - picked[k]) % 12 for k in range(3)]
         if min(gaps) >= 3:
             break
-    best = rng.choice(picked)
-    others = [m for m in picked if m != best]
+    step = top // 8  # bars differ by at least an eighth of the scale
     while True:
-        centre = best + rng.choice([-1, 0, 0, 1])
-        peak = centre if is_max else centre + 6
-        if measure == "temperature":
-            mid, amp = rng.uniform(12, 22), rng.uniform(6, 14)
-            noise = 1.5
-        else:
-            mid = rng.uniform(90, 170)
-            amp = rng.uniform(50, min(mid - 15, 280 - mid))
-            noise = 12
-        values = [round(min(max(mid + amp * math.cos(2 * math.pi * (m - peak) / 12) + rng.uniform(-noise, noise), 1), top - 2))
-                  for m in range(12)]
-        key = [v if is_max else -v for v in values]
-        spread = max(values) - min(values)
-        margin = min(key[best] - key[m] for m in others)
-        if margin >= max(0.25 * spread, 3 if measure == "temperature" else 20):
+        values = [rng.randrange(step, top - 2) for _ in picked]
+        ordered = sorted(values)
+        if ordered[1] - ordered[0] >= step and ordered[2] - ordered[1] >= step:
             break
+    best = picked[values.index(max(values) if is_max else min(values))]
+    others = [m for m in picked if m != best]
 
     img, draw = canvas()
     x_left, y_bottom, y_top, slot = 16, 108, 16, 9
@@ -469,20 +444,22 @@ def make_climate(rng: random.Random) -> Item:
         y = y_bottom - (y_bottom - y_top) * tick / top
         draw.line([(x_left - 2, y), (x_left + 12 * slot, y)], fill=(215, 215, 215) if tick else DARK, width=1)
         centered_text(draw, (x_left - 8, y), str(tick), 7, clamp=True)
-    for m, v in enumerate(values):
+    for m in range(12):
         x0 = x_left + m * slot + 1
-        y = y_bottom - (y_bottom - y_top) * v / top
-        draw.rectangle([x0, y, x0 + slot - 2, y_bottom], fill=COLOURS[bar])
+        if m in picked:
+            y = y_bottom - (y_bottom - y_top) * values[picked.index(m)] / top
+            draw.rectangle([x0, y, x0 + slot - 2, y_bottom], fill=COLOURS[bar])
         centered_text(draw, (x0 + (slot - 2) / 2, 117), MONTHS[m][0], 8)
     draw.line([(x_left, y_top), (x_left, y_bottom)], fill=DARK, width=1)
 
-    hi_m, lo_m = values.index(max(values)), values.index(min(values))
-    caption = (f"A bar graph of the average monthly {measure} in {town}, from January to December. "
-               f"The tallest bar is {MONTHS[hi_m]} and the shortest bar is {MONTHS[lo_m]}.")
-    facts = _join([f"{MONTHS[m]} is about {values[m]}{' ' if unit == 'mm' else ''}{unit}" for m in picked])
+    tallest = picked[values.index(max(values))]
+    shortest = picked[values.index(min(values))]
+    caption = (f"A bar graph of the average monthly {measure} in {town}, with bars for "
+               f"{_join([MONTHS[m] for m in picked])}. The {MONTHS[tallest]} bar is the tallest and the "
+               f"{MONTHS[shortest]} bar is the shortest.")
     size = "tallest" if is_max else "shortest"
-    solution = (f"Look at the bars for {_join([MONTHS[m] for m in picked])}: {facts}. "
-                f"The {MONTHS[best]} bar is the {size} of the three. So, {MONTHS[best]} is the {word} month on average in {town}.")
+    solution = (f"The {word} month has the {size} bar. The {MONTHS[best]} bar is the {size}. "
+                f"So, {MONTHS[best]} is the {word} month on average in {town}.")
     return Item(
         question=f"Which of these months is the {word} on average in {town}?",
         correct=MONTHS[best],

@@ -1,0 +1,224 @@
+"""Independent oracles for the code that decides the reported numbers.
+
+Each expected value here is computed without the code under test: the official ScienceQA
+breakdown straight from problems.json by the benchmark's own definitions, and option
+likelihoods by a plain forward pass written in this file.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+from fixture_data import scienceqa_sample
+
+from svrd import scoring
+
+SAMPLE = scienceqa_sample()
+GPT3 = SAMPLE / "gpt3_test_predictions.json"
+
+# ------------------------------------------------ the official ScienceQA breakdown
+
+# The definitions of ScienceQA's tools/evaluate_acc.py (lupantech/ScienceQA): TXT = the hint is
+# non-empty, IMG = the image field is set, NO = neither, grades by name, subjects by name.
+OFFICIAL_GROUPS = {
+    "NAT": lambda r: r["subject"] == "natural science",
+    "SOC": lambda r: r["subject"] == "social science",
+    "LAN": lambda r: r["subject"] == "language science",
+    "TXT": lambda r: bool(r["hint"]),
+    "IMG": lambda r: bool(r["image"]),
+    "NO": lambda r: not r["hint"] and not r["image"],
+    "G1-6": lambda r: r["grade"] in ["grade1", "grade2", "grade3", "grade4", "grade5", "grade6"],
+    "G7-12": lambda r: r["grade"] in ["grade7", "grade8", "grade9", "grade10", "grade11", "grade12"],
+}
+
+
+def _official_test_records() -> dict[str, dict]:
+    problems = json.loads((SAMPLE / "problems.json").read_text())
+    return {pid: rec for pid, rec in problems.items() if rec["split"] == "test"}
+
+
+def _official_row(records: list[dict], results: dict[str, int]) -> dict:
+    correct = sum(results.get(r["pid"]) == r["answer"] for r in records)
+    return {"acc": float(f"{100 * correct / len(records):.2f}") if records else None,
+            "correct": correct, "total": len(records)}
+
+
+def _official_breakdown(results: dict[str, int]) -> dict[str, dict]:
+    records = [{**rec, "pid": pid} for pid, rec in _official_test_records().items()]
+    out = {"all": _official_row(records, results)}
+    for group, member in OFFICIAL_GROUPS.items():
+        out[group] = _official_row([r for r in records if member(r)], results)
+    for topic in {r["topic"] for r in records}:
+        out[f"topic/{topic}"] = _official_row([r for r in records if r["topic"] == topic], results)
+    return out
+
+
+def _predictions_that_each_group_distinguishes() -> dict[str, int]:
+    """Right on every grade-6, hinted or language question, wrong elsewhere: moving one such
+    question to another group changes that group's accuracy, not only its count."""
+    out = {}
+    for pid, rec in _official_test_records().items():
+        right = rec["grade"] == "grade6" or bool(rec["hint"]) or rec["subject"] == "language science"
+        out[pid] = rec["answer"] if right else (rec["answer"] + 1) % len(rec["choices"])
+    return out
+
+
+@pytest.mark.parametrize("predictions", ["gpt3", "group-distinguishing"])
+def test_every_official_group_and_topic_matches_the_benchmarks_definition(predictions):
+    results = (json.loads(GPT3.read_text())["results"] if predictions == "gpt3"
+               else _predictions_that_each_group_distinguishes())
+    expected = _official_breakdown(results)
+    got = scoring.score(scoring.load_problems(SAMPLE, split="test"), results)
+    assert {k for k in got if k.startswith("topic/")} == {k for k in expected if k.startswith("topic/")}
+    for group, row in expected.items():
+        assert got[group] == row, group
+    assert expected["G1-6"]["total"] == 234 and expected["G7-12"]["total"] == 127  # 34 of grade 6 among the first
+
+
+def test_the_pipelines_parquet_table_scores_the_same_official_groups(tmp_path):
+    """The score stage reads the filtered Parquet table (image as PNG bytes), not problems.json:
+    every group and topic must come out as the benchmark defines them from there too."""
+    import pyarrow as pa
+
+    from svrd.io import write_table
+    from svrd.records import PROBLEM_SCHEMA
+
+    rows = []
+    for pid, rec in json.loads((SAMPLE / "problems.json").read_text()).items():
+        row = {name: rec.get(name) for name in PROBLEM_SCHEMA.names}
+        row.update(pid=pid, caption="", image=b"\x89PNG bytes" if rec["image"] else None)
+        rows.append(row)
+    write_table(tmp_path / "problems.parquet", pa.Table.from_pylist(rows, schema=PROBLEM_SCHEMA))
+    results = _predictions_that_each_group_distinguishes()
+    got = scoring.score(scoring.load_problems(tmp_path / "problems.parquet", split="test"), results)
+    expected = _official_breakdown(results)
+    assert {k for k in got if k.startswith("topic/")} == {k for k in expected if k.startswith("topic/")}
+    for group, row in expected.items():
+        assert got[group] == row, group
+
+
+# ------------------------------------------------ likelihood answering
+
+
+@functools.cache
+def _student():
+    """The smallest tiny LLaVA (64 px images) on colour-square records, its weights redrawn larger so
+    that option log-probabilities differ clearly. Cached for the process, so that a mutation run
+    (which forks this process per mutant) builds it once."""
+    import torch
+    from tiny_models import build_llava, corpus, fake_records
+
+    from svrd.models import load_model, load_processor
+
+    records = fake_records(3)
+    path = Path(tempfile.mkdtemp(prefix="oracle-student-"))
+    atexit.register(shutil.rmtree, path, True)
+    build_llava(path, corpus(records))
+    model, processor = load_model(str(path)), load_processor(str(path))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, 0.3 if "embed" in name else 0.08)
+    model.eval()
+    return model, processor, records
+
+
+@pytest.fixture
+def student():
+    return _student()
+
+
+def _plain_continuation_logprob(model, prompt: list[int], image_inputs: dict, prefix: list[int],
+                                continuation: list[int]) -> float:
+    """The oracle: one unpadded forward pass over prompt + prefix + continuation, and the sum of
+    log-softmax at each continuation token, read from the position just before it."""
+    import torch
+
+    seq = torch.tensor([prompt + prefix + continuation])
+    with torch.no_grad():
+        logits = model(input_ids=seq, attention_mask=torch.ones_like(seq), use_cache=False, **image_inputs).logits
+    logprobs = torch.log_softmax(logits[0].float(), dim=-1)
+    start = len(prompt) + len(prefix)
+    return sum(float(logprobs[start + t - 1, token]) for t, token in enumerate(continuation))
+
+
+def _encoded(student):
+    from svrd.infer import encode_batch, examples_from_rows
+
+    model, processor, records = student
+    inputs = encode_batch(processor, examples_from_rows(records))
+    prompts = [ids[m.bool()].tolist() for ids, m in zip(inputs["input_ids"], inputs["attention_mask"], strict=True)]
+    extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask", "token_type_ids")}
+    return inputs, prompts, extra
+
+
+def test_continuation_scores_equal_a_plain_forward_pass(student):
+    """score_continuations (left-padded batch, kept logits, gather) against the oracle, on prompts,
+    prefixes and continuations of different lengths, rows with fewer continuations included."""
+    from svrd.infer import score_continuations
+
+    model, processor, _ = student
+    inputs, prompts, extra = _encoded(student)
+    assert len({len(p) for p in prompts}) > 1  # left padding is exercised
+    prefixes = [[5, 6, 7], [], [9]]
+    continuations = [[[11], [12, 13, 14]], [[15, 16], [17], [18, 19]], [[20]]]
+    got = score_continuations(model, processor, inputs, prefixes, continuations)
+    for i, conts in enumerate(continuations):
+        image_inputs = {k: v[i:i + 1] for k, v in extra.items()}
+        expected = [_plain_continuation_logprob(model, prompts[i], image_inputs, prefixes[i], c) for c in conts]
+        assert got[i] == pytest.approx(expected, abs=1e-4)
+        # the oracle tells a one-position shift apart: each token read one position later differs
+        shifted = [_plain_continuation_logprob(model, prompts[i], image_inputs, prefixes[i] + c[:1], c[1:] + c[:1])
+                   for c in conts]
+        assert any(abs(a - b) > 1e-2 for a, b in zip(expected, shifted, strict=True))
+
+
+@pytest.mark.parametrize("style", ["letter", "letter_text", "text"])
+def test_likelihood_answering_picks_the_option_the_oracle_scores_highest(student, style):
+    """answer_batch in likelihood mode: the prefix is what was generated plus the <CONCLUSION> tag
+    (none is written in 4 tokens), then each option as the conclusion the student was trained to
+    write; every option's score and the pick against the oracle."""
+    from svrd.examples import tokenizer_of
+    from svrd.infer import CONCLUSION_TAG, answer_batch, examples_from_rows, generate_ids
+
+    model, processor, records = student
+    inputs, prompts, extra = _encoded(student)
+    tok = tokenizer_of(processor)
+    tag = tok(CONCLUSION_TAG, add_special_tokens=False)["input_ids"]
+    generated = generate_ids(model, processor, inputs, 4)
+    rows = answer_batch(model, processor, examples_from_rows(records), [r["choices"] for r in records], 4,
+                        mode="likelihood", likelihood_answer=style)
+    for i, (row, rec) in enumerate(zip(rows, records, strict=True)):
+        assert "CONCLUSION" not in tok.decode(generated[i])
+        image_inputs = {k: v[i:i + 1] for k, v in extra.items()}
+        written = {"letter": "{letter}", "letter_text": "{letter}. {text} </CONCLUSION>",
+                   "text": "{text} </CONCLUSION>"}[style]
+        options = [tok(CONCLUSION_TAG + " " + written.format(letter="ABCDE"[k], text=c), add_special_tokens=False)
+                   ["input_ids"][len(tag):] for k, c in enumerate(rec["choices"])]
+        expected = [_plain_continuation_logprob(model, prompts[i], image_inputs, generated[i] + tag, o)
+                    for o in options]
+        assert row["option_logprobs"] == pytest.approx(expected, abs=1e-4)
+        assert row["choice"] == max(range(len(expected)), key=lambda k: expected[k])
+        assert len(set(row["option_logprobs"])) == len(expected)  # no tie: the pick is decided
+
+
+def test_rationale_prefix_ends_at_the_first_conclusion_tag_spaced_or_not(student):
+    from svrd.examples import tokenizer_of
+    from svrd.infer import CONCLUSION_TAG, rationale_prefix
+
+    tok = tokenizer_of(student[1])
+    for written, before in [("red < CONCLUSION > B </CONCLUSION>", "red < CONCLUSION >"),
+                            ("red <CONCLUSION> B <CONCLUSION> C", "red <CONCLUSION>"),
+                            ("red <conclusion>B", "red <conclusion>")]:
+        ids = tok(written, add_special_tokens=False)["input_ids"]
+        prefix = rationale_prefix(tok, ids)
+        assert prefix == ids[:len(prefix)] and tok.decode(prefix).strip() == before
+    ids = tok("red green", add_special_tokens=False)["input_ids"]
+    assert rationale_prefix(tok, ids) == ids + tok(CONCLUSION_TAG, add_special_tokens=False)["input_ids"]
