@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 from fixture_data import scienceqa_sample
 
@@ -222,3 +223,114 @@ def test_rationale_prefix_ends_at_the_first_conclusion_tag_spaced_or_not(student
         assert prefix == ids[:len(prefix)] and tok.decode(prefix).strip() == before
     ids = tok("red green", add_special_tokens=False)["input_ids"]
     assert rationale_prefix(tok, ids) == ids + tok(CONCLUSION_TAG, add_special_tokens=False)["input_ids"]
+
+
+# ------------------------------------------------ split sizes
+
+
+@pytest.mark.parametrize("fractions", [(0.7, 0.1, 0.2), (7, 1, 2)])
+def test_stratified_split_sizes_are_the_fractions_of_the_table(fractions):
+    """100 questions of one topic in 70/10/20 (fractions are relative: 7/1/2 is the same split)
+    come out exactly 70, 10 and 20: the counts follow from the fractions, not from the code."""
+    from svrd.split import split_table
+
+    table = pa.table({"pid": [str(i) for i in range(100)], "split": ["train"] * 100, "topic": ["t"] * 100})
+    parts = split_table(table, "stratified", fractions, seed=3)
+    assert {k: v.num_rows for k, v in parts.items()} == {"train": 70, "val": 10, "test": 20}
+    mixed = pa.table({"pid": [str(i) for i in range(60)], "split": ["train"] * 60,
+                      "topic": ["a"] * 20 + ["b"] * 40})
+    parts = split_table(mixed, "stratified", fractions, seed=3)
+    for topic, size in (("a", 20), ("b", 40)):  # each topic is split in the same fractions, to one question
+        got = {k: v.column("topic").to_pylist().count(topic) for k, v in parts.items()}
+        want = {k: size * f / sum(fractions) for k, f in zip(("train", "val", "test"), fractions, strict=True)}
+        assert all(abs(got[k] - want[k]) <= 1 for k in got), (topic, got)
+
+
+def test_streaming_split_caps_each_split(tmp_path):
+    import pyarrow.parquet as pq
+
+    from svrd.split import split_file
+
+    table = pa.table({"pid": [str(i) for i in range(30)], "split": ["train", "val", "test"] * 10, "topic": ["t"] * 30})
+    pq.write_table(table, tmp_path / "problems.parquet", row_group_size=7)
+    counts = split_file(tmp_path / "problems.parquet", tmp_path / "out", "official", max_train=4, max_val=2, max_test=3)
+    assert {k: counts[k] for k in ("train", "val", "test")} == {"train": 4, "val": 2, "test": 3}
+    for name, first in (("train", ["0", "3", "6", "9"]), ("val", ["1", "4"]), ("test", ["2", "5", "8"])):
+        assert pq.read_table(tmp_path / "out" / f"{name}.parquet").column("pid").to_pylist() == first
+
+
+class _CharTokenizer:
+    """A stand-in tokenizer with what real ones do and the tiny one does not: a BOS token when asked
+    for special tokens, a special token (500, "<CONCLUSION>") that decoding may skip, and a tag that
+    merges with the text after it (" B" after the tag becomes one token, 900+ord)."""
+
+    tag = "<CONCLUSION>"
+
+    def __call__(self, text, add_special_tokens=True):
+        ids = []
+        if text.startswith(self.tag + " ") and len(text) == len(self.tag) + 2:
+            ids = [777, 900 + ord(text[-1])]  # merged: the tag's tokens change
+        else:
+            rest = text
+            while rest:
+                if rest.startswith(self.tag):
+                    ids.append(500)
+                    rest = rest[len(self.tag):]
+                else:
+                    ids.append(ord(rest[0]))
+                    rest = rest[1:]
+        return {"input_ids": ([1] if add_special_tokens else []) + ids}
+
+    def decode(self, ids, skip_special_tokens=False):
+        return "".join("" if i in (1, 500) and skip_special_tokens else self.tag if i == 500 else
+                       "<s>" if i == 1 else chr(i) for i in ids)
+
+
+def test_continuation_ids_without_special_tokens_and_when_the_tag_merges():
+    from svrd.infer import continuation_ids
+
+    tok = _CharTokenizer()
+    # the tag alone is [500]; "<CONCLUSION> B" merges into [777, 966]: the continuation is then
+    # tokenized on its own, without a BOS token
+    assert continuation_ids(tok, " B") == [ord(" "), ord("B")]
+    assert continuation_ids(tok, " red </CONCLUSION>") == [ord(c) for c in " red </CONCLUSION>"]
+
+
+def test_rationale_prefix_keeps_the_tag_token_and_appends_it_without_bos():
+    from svrd.infer import rationale_prefix
+
+    tok = _CharTokenizer()
+    assert rationale_prefix(tok, [500, ord("B")]) == [500]  # the special tag token itself opens it
+    assert rationale_prefix(tok, [ord("x"), 500, ord("B")]) == [ord("x"), 500]
+    assert rationale_prefix(tok, [ord("x")]) == [ord("x"), 500]  # appended without a BOS
+
+
+def test_option_continuation_collapses_whitespace_and_other_tags_do_not_open_the_conclusion(student):
+    from svrd.examples import tokenizer_of
+    from svrd.infer import CONCLUSION_TAG, option_continuation, rationale_prefix
+
+    assert option_continuation(1, ["attract", "West \n Virginia"], "text") == " West Virginia </CONCLUSION>"
+    assert option_continuation(1, ["attract", "West  Virginia"], "letter_text") == " B. West Virginia </CONCLUSION>"
+    tok = tokenizer_of(student[1])
+    ids = tok("<SUMMARY> red </SUMMARY> </CONCLUSION>", add_special_tokens=False)["input_ids"]
+    assert rationale_prefix(tok, ids) == ids + tok(CONCLUSION_TAG, add_special_tokens=False)["input_ids"]
+
+
+# ------------------------------------------------ the teach cache key, written out
+
+
+def test_teach_cache_key_is_the_sha256_of_its_documented_canonical_json():
+    """The key format written out by hand (a shared cache pulled from another machine must keep
+    hitting): sorted keys, no spaces, ASCII; the request digest length-prefixes prompt and image."""
+    import hashlib
+
+    from svrd.teach.cache import KEY_VERSION, cache_key, request_digest
+
+    blob = ('{"backend":"openai","generation":{"max_new_tokens":8,"temperature":0.0},"key_version":'
+            + json.dumps(KEY_VERSION) + ',"model":"m\\u00e9","request":"r","sample":1}')
+    got = cache_key("openai", "mé", {"temperature": 0.0, "max_new_tokens": 8}, "r", 1)
+    assert got == hashlib.sha256(blob.encode("ascii")).hexdigest()
+    prompt, image = "Question: é", b"\x89PNG"
+    framed = b"".join(len(part).to_bytes(8, "big") + part for part in (prompt.encode("utf-8"), image))
+    assert request_digest(prompt, image) == hashlib.sha256(framed).hexdigest()
+    assert request_digest(prompt, None) == hashlib.sha256(framed[:8 + len(prompt.encode())] + bytes(8)).hexdigest()
