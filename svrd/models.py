@@ -112,10 +112,22 @@ def not_loadable(name_or_path: str, param: str | None, exc: Exception) -> str:
             f"with `hf download {name_or_path} --local-dir DIR` and set {param or 'the param'}=DIR")
 
 
+# Loading kwargs that transformers keeps in a tokenizer's init_kwargs and writes back into
+# tokenizer_config.json on save: `local_files_only` follows HF_HUB_OFFLINE, so a student saved by an
+# offline run (CI, scripts/check_lock.py) hashed differently from the same student saved online.
+ENVIRONMENT_KWARGS = ("local_files_only",)
+
+
 def load_processor(name_or_path: str, trust_remote_code: bool = False, param: str | None = None):
     from transformers import AutoProcessor
 
-    return _from_pretrained(AutoProcessor, name_or_path, param, trust_remote_code=trust_remote_code)
+    processor = _from_pretrained(AutoProcessor, name_or_path, param, trust_remote_code=trust_remote_code)
+    for part in (processor, getattr(processor, "tokenizer", None), getattr(processor, "image_processor", None)):
+        kwargs = getattr(part, "init_kwargs", None)
+        if isinstance(kwargs, dict):
+            for key in ENVIRONMENT_KWARGS:
+                kwargs.pop(key, None)
+    return processor
 
 
 ADAPTER_CONFIG = "adapter_config.json"

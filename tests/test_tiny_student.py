@@ -49,3 +49,20 @@ def test_caption_pretraining_sees_no_question_option_answer_or_rationale():
             {"pid": "3", "image": b"png", "caption": "  "}]
     examples = caption_examples(rows, "Describe the image.")
     assert [(e.pid, e.image, e.prompt, e.target) for e in examples] == [("1", b"png", "Describe the image.", "Two magnets.")]
+
+
+@pytest.mark.parametrize("offline", ["1", "0"])
+def test_a_saved_processor_does_not_depend_on_hub_offline(processor, tmp_path, monkeypatch, offline):
+    """Re-saving a loaded student must give the same files whether HF_HUB_OFFLINE is set or not (it
+    was written into tokenizer_config.json as local_files_only, so an offline run hashed differently)."""
+    import json
+
+    from svrd.models import load_processor
+
+    src = tmp_path / "src"
+    processor.save_pretrained(src)
+    monkeypatch.setenv("HF_HUB_OFFLINE", offline)
+    load_processor(str(src)).save_pretrained(tmp_path / "again")
+    config = json.loads((tmp_path / "again" / "tokenizer_config.json").read_text())
+    assert "local_files_only" not in config
+    assert (tmp_path / "again" / "tokenizer_config.json").read_bytes() == (src / "tokenizer_config.json").read_bytes()
