@@ -36,13 +36,14 @@ def main() -> None:
     info = build_tiny_student(TINY_STUDENT, training_text(train_rows + val_rows), **shape)
     summary = {**info, "pretrain": p.pretrain.data}
     if p.pretrain.data == "caption":
-        key = run_fingerprint(str(info), p.model_dump(), caption_examples(train_rows, p.pretrain.prompt))
-        checkpoints = cache_dir() / "tiny_student" / key
+        train_examples = caption_examples(train_rows, p.pretrain.prompt)
+        val_examples = caption_examples(val_rows, p.pretrain.prompt)
+        checkpoints = cache_dir() / "tiny_student" / run_fingerprint(str(info), p.model_dump(), train_examples)
         with Live(str(LIVE_TINY), save_dvc_exp=False, dvcyaml=None) as live:
-            stats = pretrain_captions(TINY_STUDENT, train_rows, val_rows, p.pretrain, p.seed, checkpoints, live)
+            stats = pretrain_captions(TINY_STUDENT, train_examples, val_examples, p.pretrain, p.seed, checkpoints, live)
         shutil.rmtree(checkpoints, ignore_errors=True)
         summary.update({f"pretrain_{k}": stats[k] for k in ("steps", "train_loss", "val_loss", "wall_s") if k in stats})
-        summary["pretrain_images"] = len(caption_examples(train_rows, p.pretrain.prompt))
+        summary["pretrain_images"] = len(train_examples)
     write_json(METRICS / "tiny_student.json", summary)
     print(f"tiny_student: {info['parameters'] / 1e6:.2f}M parameters, vocabulary {info['vocab']}, "
           f"{info['image_tokens']} image tokens"

@@ -154,38 +154,34 @@ def caption_examples(rows: list[dict], prompt: str) -> list:
 
 
 def pretrain_config(p, seed: int):
-    """tiny.pretrain as the training loop reads a train section: everything trainable, fp32, no eval
-    answers (there are no questions to answer yet)."""
+    """tiny.pretrain as the training loop (svrd.distill.train) reads a train section: AdamW, a linear
+    schedule, fp32, every weight trainable."""
     from types import SimpleNamespace
 
     return SimpleNamespace(
-        target="caption", conclusion="text", mix_answer_share=0.5, optimizer="adamw", lr=p.lr, epochs=p.epochs,
-        batch_size=p.batch_size, grad_accum=1, warmup_steps=p.warmup_steps, schedule="linear", weight_decay=0.0,
-        max_length=p.max_length, group_by_length=True, precision="fp32", gradient_checkpointing=False,
-        cache_vision_features=False, save_steps=p.save_steps, seed=seed, eval_questions=0, eval_max_new_tokens=1,
+        optimizer="adamw", lr=p.lr, epochs=p.epochs, batch_size=p.batch_size, grad_accum=1,
+        warmup_steps=p.warmup_steps, schedule="linear", weight_decay=0.0, max_length=p.max_length,
+        group_by_length=True, precision="fp32", gradient_checkpointing=False, save_steps=p.save_steps, seed=seed,
     )
 
 
-def pretrain_captions(model_dir: str | Path, train_rows: list[dict], val_rows: list[dict], p, seed: int,
+def pretrain_captions(model_dir: str | Path, train_examples: list, val_examples: list, p, seed: int,
                       checkpoint_dir: str | Path, live=None) -> dict:
-    """Pre-train the saved tiny student in `model_dir` on image -> caption (LLaVA's first, alignment
-    stage; here the vision tower, projector and text model all train, as nothing pre-trained exists
-    offline), through the Trainer path distill uses, and save it back in place.
+    """Pre-train the saved tiny student in `model_dir` on image -> caption examples (`caption_examples`;
+    LLaVA's first, alignment stage; here the vision tower, projector and text model all train, as
+    nothing pre-trained exists offline), through the Trainer path distill uses, and save it back in place.
 
     This gives distill what the paper's student had: a base that sees (its vision features mean
     something before the tower is frozen) but was never taught the questions."""
     from svrd.distill import train
+    from svrd.errors import SvrdError
     from svrd.models import load_model, load_processor
 
+    if not train_examples:
+        raise SvrdError("tiny.pretrain.data is 'caption' but no training row has an image and a caption")
     model = load_model(str(model_dir))
     processor = load_processor(str(model_dir))
-    train_ex = caption_examples(train_rows, p.prompt)
-    val_ex = caption_examples(val_rows, p.prompt)
-    if not train_ex:
-        from svrd.errors import SvrdError
-
-        raise SvrdError("tiny.pretrain.data is 'caption' but no training row has an image and a caption")
-    stats = train(model, processor, train_ex, val_ex, pretrain_config(p, seed), str(checkpoint_dir), live)
+    stats = train(model, processor, train_examples, val_examples, pretrain_config(p, seed), str(checkpoint_dir), live)
     with atomic_dir(model_dir) as tmp:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
