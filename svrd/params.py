@@ -182,6 +182,7 @@ class TinyPretrainParams(_Section):
     batch_size: PosInt
     warmup_steps: NonNegInt
     max_length: PosInt
+    group_by_length: StrictBool  # batches of similar length; on the sample they are one family each (see params.yaml)
     save_steps: NonNegInt  # checkpoint every N steps (a killed tiny_student resumes); 0: none
 
 
