@@ -334,3 +334,99 @@ def test_teach_cache_key_is_the_sha256_of_its_documented_canonical_json():
     framed = b"".join(len(part).to_bytes(8, "big") + part for part in (prompt.encode("utf-8"), image))
     assert request_digest(prompt, image) == hashlib.sha256(framed).hexdigest()
     assert request_digest(prompt, None) == hashlib.sha256(framed[:8 + len(prompt.encode())] + bytes(8)).hexdigest()
+
+
+# ------------------------------------------------ split: dealing, defaults, twins, the content key
+
+
+@pytest.mark.parametrize(("n", "fractions", "want"), [
+    # 80/10/10, deficits (share x k - count so far) by hand, ties to the first split:
+    # k=1 .8/.1/.1 -> train; k=2 .6/.2/.2 -> train; k=3 .4/.3/.3 -> train; k=4 .2/.4/.4 -> val;
+    # k=5 1.0/-.5/.5 -> train
+    (5, (0.8, 0.1, 0.1), {"train": 4, "val": 1, "test": 0}),
+    # 60/20/20: k=1 .6/.2/.2 -> train; k=2 .2/.4/.4 -> val; k=3 .8/-.4/.6 -> train
+    (3, (0.6, 0.2, 0.2), {"train": 2, "val": 1, "test": 0}),
+])
+def test_stratified_deals_each_question_to_the_split_furthest_below_its_share(n, fractions, want):
+    from svrd.split import split_table
+
+    table = pa.table({"pid": [str(i) for i in range(n)], "split": ["train"] * n, "topic": ["t"] * n})
+    for seed in (0, 5):  # one topic: the seed only reorders the rows, never the sizes
+        parts = split_table(table, "stratified", fractions, seed=seed)
+        assert {k: v.num_rows for k, v in parts.items()} == want
+
+
+def test_split_defaults_are_the_official_split_and_seed_zero(tmp_path):
+    import pyarrow.parquet as pq
+
+    from svrd.split import split_file, split_table
+
+    n = 40
+    table = pa.table({"pid": [str(i) for i in range(n)], "split": ["val", "test", "train", "train"] * 10,
+                      "topic": ["a", "b"] * 20})
+    official = split_table(table)
+    assert [official[k].num_rows for k in ("train", "val", "test")] == [20, 10, 10]
+    assert official["val"].column("pid").to_pylist() == [str(i) for i in range(0, n, 4)]
+
+    def pids(parts):
+        return {k: v.column("pid").to_pylist() for k, v in parts.items()}
+
+    seed0 = pids(split_table(table, "stratified", seed=0))
+    assert pids(split_table(table, "stratified")) == seed0
+    assert pids(split_table(table, "stratified", seed=1)) != seed0  # the seed does change the split
+    pq.write_table(table, tmp_path / "problems.parquet")
+    split_file(tmp_path / "problems.parquet", tmp_path / "default", "stratified")
+    got = {k: pq.read_table(tmp_path / "default" / f"{k}.parquet").column("pid").to_pylist() for k in seed0}
+    assert got == seed0
+
+
+def test_a_split_capped_to_nothing_keeps_its_string_split_column():
+    from svrd.split import split_table
+
+    table = pa.table({"pid": ["1", "2"], "split": ["train", "train"], "topic": ["t", "t"]})
+    parts = split_table(table, max_train=0)
+    for part in parts.values():
+        assert part.num_rows == 0 and part.schema.field("split").type == pa.string()
+
+
+def test_split_files_are_written_zstd_compressed(tmp_path):
+    import pyarrow.parquet as pq
+
+    from svrd.split import split_file
+
+    table = pa.table({"pid": ["1", "2", "3"], "split": ["train", "val", "test"], "topic": ["t"] * 3})
+    pq.write_table(table, tmp_path / "problems.parquet", compression="snappy")
+    split_file(tmp_path / "problems.parquet", tmp_path / "out")
+    for name in ("train", "val", "test"):
+        meta = pq.ParquetFile(tmp_path / "out" / f"{name}.parquet").metadata
+        assert meta.row_group(0).column(0).compression == "ZSTD"
+
+
+def test_twin_examples_stop_at_ten_in_release_order():
+    """12 test twins of training questions and 2 val twins: all are counted, the first ten test
+    pairs are the examples (the docstring's "up to 10")."""
+    from svrd.split import cross_split_duplicates
+
+    pids = ["t0", "t1"] + [f"x{i}" for i in range(12)] + ["v0", "v1"]
+    kept = ["train", "train"] + ["test"] * 12 + ["val", "val"]
+    keys = ["A", "B"] + ["A"] * 12 + ["B", "B"]
+    dup = cross_split_duplicates(pids, kept, keys)
+    assert (dup["test_in_train"], dup["test_in_val"], dup["val_in_train"]) == (12, 0, 2)
+    assert dup["examples"] == [[f"x{i}", "t0"] for i in range(10)]
+
+
+def test_content_key_is_the_sha256_of_its_documented_framing():
+    """Written out by hand: question, options sorted and joined by \\x1f, hint, each stripped and
+    ended by \\x1e, then the sha256 of the image bytes (no image = no bytes, no hint = empty)."""
+    import hashlib
+
+    from svrd.split import content_key, content_keys
+
+    framed = "Q é?\x1e" + "May\x1fjune\x1e" + "\x1e"
+    want = hashlib.sha256(framed.encode("utf-8") + hashlib.sha256(b"").digest()).hexdigest()
+    assert content_key(" Q é? ", ["june", " May"], None, None) == want
+    framed = b"Q\x1ea\x1eh\x1e" + hashlib.sha256(b"png").digest()
+    assert content_key("Q", ["a"], "h", b"png") == hashlib.sha256(framed).hexdigest()
+    # a table without the content columns: every part is empty
+    empty = hashlib.sha256(b"\x1e\x1e\x1e" + hashlib.sha256(b"").digest()).hexdigest()
+    assert content_keys(pa.table({"pid": ["1", "2"]})) == [empty, empty]

@@ -110,6 +110,7 @@ def test_write_and_read_splits(sample_table, tmp_path):
     counts = write_splits(split_table(sample_table, "official", max_train=10), tmp_path)
     assert counts["train"] == 10
     assert read_split(tmp_path, "train", ["pid"]).num_rows == 10
+    assert read_split(tmp_path, "train", ["pid"]).column_names == ["pid"]  # only the columns asked for
 
 
 @pytest.mark.parametrize("strategy", ["official", "stratified"])

@@ -158,3 +158,40 @@ def test_answers_under_the_old_pid_key_are_ignored_and_counted(tmp_path, capsys)
     assert result.metrics["cached"] == 0 and result.extra["stale_cache_entries"] == 3
     assert "3 cached answers" in capsys.readouterr().err
     assert not any("stale answer" in r["raw"] for r in result.rows)
+
+
+# ------------------------------------------------ the AnswerCache store itself (no server)
+
+
+def test_default_cache_path_is_the_documented_location(monkeypatch, tmp_path):
+    from pathlib import Path
+
+    from svrd.teach.cache import default_cache_path
+
+    monkeypatch.delenv("SVRD_CACHE_DIR", raising=False)
+    assert default_cache_path() == Path(".svrd_cache") / "teach.sqlite"
+    monkeypatch.setenv("SVRD_CACHE_DIR", str(tmp_path / "elsewhere"))
+    assert default_cache_path() == tmp_path / "elsewhere" / "teach.sqlite"
+
+
+def test_answer_cache_store_counts_reads_in_chunks_and_creates_its_folders(tmp_path):
+    from svrd.teach.cache import KEY_VERSION, AnswerCache, NullCache
+
+    cache = AnswerCache(tmp_path / "a" / "b" / "teach.sqlite")  # folders that do not exist yet
+    keys = [f"k{i:04d}" for i in range(1203)]  # more than two chunks of 500
+    for i, key in enumerate(keys):
+        cache.put(key, f"text {i}", pid=f"p{i}", sample=0, backend="b", model="m", prompt_version="v", request="r")
+    assert len(cache) == 1203 and cache.stale_entries() == 0
+    found = cache.get_many([*keys, "missing"])
+    assert found == {key: f"text {i}" for i, key in enumerate(keys)}
+    # a column another process added between our check and our ALTER (SQLite names are
+    # case-insensitive, so this spelling passes the check and the ALTER finds it there)
+    cache._add_column("KEY_VERSION INTEGER")
+    with pytest.raises(sqlite3.OperationalError):
+        cache._add_column("not a column definition (")
+    cache.close()
+    with sqlite3.connect(tmp_path / "a" / "b" / "teach.sqlite") as db:
+        assert db.execute("SELECT DISTINCT key_version FROM answers").fetchall() == [(KEY_VERSION,)]
+    null = NullCache()
+    null.put("k", "t", pid="p")
+    assert (null.get_many(["k"]), len(null), null.stale_entries(), null.path) == ({}, 0, 0, None)
