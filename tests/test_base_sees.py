@@ -36,15 +36,17 @@ MIN_GAP = 0.02  # nats per caption token; the default measures 0.043, the broken
 def _image_gap(model, processor, rows: list[dict], prompt: str) -> float:
     """Mean caption loss with another image of the same family minus with the caption's own image."""
     encoded = [encode_training(processor, e, None) for e in caption_examples(rows, prompt)]
-    families = [r["topic"] for r in rows]
+    partner = {}  # each example's image is swapped for the next one of its family (cyclically)
+    for family in {r["topic"] for r in rows}:
+        members = [i for i, r in enumerate(rows) if r["topic"] == family]
+        partner.update(zip(members, members[1:] + members[:1], strict=True))
     gap = 0.0
     model.eval()
     with torch.no_grad():
         for i, enc in enumerate(encoded):
-            j = next(k % len(rows) for k in range(i + 1, i + len(rows)) if families[k % len(rows)] == families[i])
-            losses = [model(input_ids=enc["input_ids"][None], pixel_values=pixels, labels=enc["labels"][None]).loss.item()
-                      for pixels in (enc["pixel_values"], encoded[j]["pixel_values"])]
-            gap += losses[1] - losses[0]
+            own, other = (model(input_ids=enc["input_ids"][None], pixel_values=pixels, labels=enc["labels"][None]).loss
+                          for pixels in (enc["pixel_values"], encoded[partner[i]]["pixel_values"]))
+            gap += other.item() - own.item()
     return gap / len(encoded)
 
 
