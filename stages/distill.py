@@ -15,7 +15,7 @@ from svrd.features import check_params
 from svrd.infer import accuracy_on
 from svrd.io import read_rows, write_json
 from svrd.lora import apply_lora
-from svrd.models import freeze, image_tokens_line, load_student, mixed_precision, pick_device
+from svrd.models import freeze, image_tokens_line, load_student
 from svrd.params import load_params
 from svrd.split import refuse_test_pids
 from svrd.stage import (
@@ -38,7 +38,6 @@ def main() -> None:
     # after the projector when student.freeze_projector, before it otherwise; svrd.features.prepare checks
     # that data/features was written for this very student and freezing, and refuses it otherwise).
     check_params(s, t)
-    mixed_precision(t.precision, pick_device())  # train.precision=fp16 on CPU is refused here, before any work
     train_rows = read_rows(SPLIT_DIR / "train.parquet")
     val_rows = read_rows(SPLIT_DIR / "val.parquet")
     rationales = {r["pid"]: r for r in read_rows(RATIONALES)}

@@ -1,4 +1,4 @@
-"""infer: batched decoding (greedy, or sampled for self-consistency) of the test split by one model of `infer.models`.
+"""infer: batched decoding (greedy, or sampled for self-consistency and stage beam search) of the test split by one model of `infer.models`.
 
     python stages/infer.py distilled
 """
@@ -27,6 +27,10 @@ def main() -> None:
         print(f"infer {name}: majority of {stats['samples']} sampled chains; {stats['ties']} ties "
               f"({stats['ties_unresolved']} unresolved), {stats['no_vote']} without a vote, "
               f"mean agreement {stats['mean_agreement']}")
+    if stats["mode"] == "stage_beam":
+        print(f"infer {name}: stage beam, {stats['candidates']} candidates per stage judged by {stats['judge']}; "
+              f"{stats['beam_generated']} candidates, {stats['beam_judged']} judge calls, "
+              f"{stats['cost_vs_greedy']}x greedy's tokens")
 
 
 if __name__ == "__main__":

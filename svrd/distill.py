@@ -2,8 +2,9 @@
 
 transformers' Trainer runs the loop (so accelerate/DDP/FSDP, gradient accumulation, mixed
 precision and checkpoint resume come for free: train.precision bf16/fp16 is autocast over fp32
-weights, never half-precision weights); what is ours is the data (svrd.examples: prompt and image
-tokens masked), the frozen vision encoder, and what DVCLive records.
+weights, never half-precision weights; fp16 adds a grad scaler, on CPU too); what is ours is the
+data (svrd.examples: prompt and image tokens masked), the frozen vision encoder, and what DVCLive
+records.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from svrd.examples import Collator, Example, TrainingDataset, tokenizer_of
 from svrd.io import atomic_dir
-from svrd.models import mixed_precision, require_fp32_trainable
+from svrd.models import CpuFp16Trainer, mixed_precision, require_fp32_trainable
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +66,9 @@ class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
         return super().__iter__()
 
 
-class LengthGroupedTrainer(Trainer):
-    """Trainer that takes precomputed lengths instead of encoding every example to measure it."""
+class LengthGroupedTrainer(CpuFp16Trainer, Trainer):
+    """Trainer that takes precomputed lengths instead of encoding every example to measure it (and computes
+    train.precision=fp16 in fp16 autocast with a grad scaler on CPU too: CpuFp16Trainer)."""
 
     def __init__(self, *args, lengths: list[int] | None = None, **kwargs):
         super().__init__(*args, **kwargs)

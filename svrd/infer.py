@@ -3,7 +3,7 @@
 The published code decoded one question at a time and re-decoded every image on each access;
 here prompts are length-sorted into batches, left-padded, and generated together.
 
-Three answering modes (`infer.mode`):
+Four answering modes (`infer.mode`):
 
 - `generate`: the answer is what the greedy output's conclusion says (`extract_choice`); an
   output that commits to no option is null (unparseable, scored as wrong).
@@ -29,6 +29,11 @@ Three answering modes (`infer.mode`):
   sampled chain when the answer is null), `choice_text` its own parse (equal to `choice` unless the
   answer is null), `votes` each option's vote count (a JSON list, one count per option), and
   `new_tokens` every token generated for the question (greedy output and samples).
+- `stage_beam`: LLaVA-CoT's stage-level beam search (svrd/stage_beam.py): the rationale is sampled one
+  tagged stage at a time, `infer.beam.candidates` candidates per stage, and a judge (`infer.beam.judge`)
+  keeps one before the next stage; `raw` is the kept stages, parsed as in generate mode. The greedy
+  output still runs, as the cost baseline only: `new_tokens` counts it and every candidate sampled;
+  `beam_generated` / `beam_judged` count candidates and judge calls, the metrics `cost_vs_greedy`.
 
 Left padding is safe: generation (and the likelihood pass, which builds its position ids the
 way `generate` does, from the attention mask) gives the same tokens at any batch size; see
@@ -58,7 +63,7 @@ from svrd.records import LETTERS
 
 log = logging.getLogger(__name__)
 
-MODES = ("generate", "likelihood", "self_consistency")
+MODES = ("generate", "likelihood", "self_consistency", "stage_beam")
 LIKELIHOOD_ANSWERS = ("letter", "letter_text", "text")
 CONCLUSION_TAG = "<CONCLUSION>"
 CLOSING_TAG = "</CONCLUSION>"
@@ -67,14 +72,16 @@ PREDICTION_SCHEMA = pa.schema(
     [
         ("pid", pa.string()),
         ("model", pa.string()),
-        ("mode", pa.string()),  # generate | likelihood | self_consistency
+        ("mode", pa.string()),  # generate | likelihood | self_consistency | stage_beam
         ("raw", pa.string()),  # the greedy output (self_consistency: the first sampled chain voting for choice), special tokens removed
         ("choice", pa.int64()),  # the scored answer: generate: = choice_text; likelihood: the most probable option;
                                  # self_consistency: the majority vote
         ("choice_text", pa.int64()),  # what `raw` commits to (extract_choice); null when nothing
         ("option_logprobs", pa.list_(pa.float64())),  # likelihood: each option's log-probability; null otherwise
         ("votes", pa.string()),  # self_consistency: JSON list, each option's vote count; null otherwise
-        ("new_tokens", pa.int64()),  # self_consistency: greedy output and all samples together
+        ("new_tokens", pa.int64()),  # self_consistency, stage_beam: greedy output and all samples together
+        ("beam_generated", pa.int64()),  # stage_beam: candidates sampled, all stages; null otherwise
+        ("beam_judged", pa.int64()),  # stage_beam: judge calls (comparisons; likelihood: candidates scored)
     ]
 )  # no timings: predict's rows carry "seconds" until run_inference moves them to metrics/
 
@@ -294,12 +301,14 @@ def _self_consistency_rows(model, processor, examples: list[Example], choices: l
 
 def answer_batch(model, processor, examples: list[Example], choices: list[list[str]], max_new_tokens: int,
                  mode: str = "generate", likelihood_answer: str = "letter", min_new_tokens: int = 0,
-                 samples: int = 5, temperature: float = 0.7, seed: int = 0) -> list[dict]:
+                 samples: int = 5, temperature: float = 0.7, seed: int = 0, beam=None) -> list[dict]:
     """One batch: greedy outputs, in likelihood mode the options' log-probabilities, in
-    self_consistency mode the majority vote of `samples` sampled chains (`majority_vote`).
+    self_consistency mode the majority vote of `samples` sampled chains (`majority_vote`), in
+    stage_beam mode the stage-level beam search's output (`beam`: params.infer.beam).
 
     Returns per example {"raw", "choice", "choice_text", "option_logprobs", "votes", "new_tokens"}
-    (self_consistency adds "tied", which run_inference counts and drops).
+    (self_consistency adds "tied", which run_inference counts and drops; stage_beam the beam_*
+    columns and "greedy_tokens" / "judge_tokens", which svrd.stage_beam.beam_stats takes out).
     """
     if mode not in MODES:
         raise ValueError(f"unknown infer.mode {mode!r}; expected one of {MODES}")
@@ -323,6 +332,10 @@ def answer_batch(model, processor, examples: list[Example], choices: list[list[s
     if mode == "self_consistency":
         _self_consistency_rows(model, processor, examples, choices, rows, max_new_tokens, samples, temperature, seed,
                                min_new_tokens)
+    if mode == "stage_beam":
+        from svrd.stage_beam import stage_beam_rows  # svrd.stage_beam imports this module: import here
+
+        stage_beam_rows(model, processor, examples, choices, rows, max_new_tokens, beam, seed)
     return rows
 
 
@@ -347,13 +360,14 @@ def predict(
     samples: int = 5,
     temperature: float = 0.7,
     seed: int = 0,
+    beam=None,
 ) -> list[dict]:
     """Predict every example; rows (PREDICTION_SCHEMA) in the order of `examples`.
 
     `done` holds rows already finished by an earlier, interrupted run (they are not redone);
     `on_batch` receives each finished batch's rows (to persist them as they arrive).
     `min_new_tokens` forces a fixed generation length (benchmarks only); `samples`, `temperature`
-    and `seed` apply to self_consistency only.
+    and `seed` apply to self_consistency, `beam` (params.infer.beam) and `seed` to stage_beam.
     """
     done = dict(done or {})
     todo = [ex for ex in examples if ex.pid not in done]
@@ -366,7 +380,7 @@ def predict(
             batch = todo[start:start + batch_size]
             t0 = time.perf_counter()
             answers = answer_batch(model, processor, batch, [choices_of[ex.pid] for ex in batch], max_new_tokens,
-                                   mode, likelihood_answer, min_new_tokens, samples, temperature, seed)
+                                   mode, likelihood_answer, min_new_tokens, samples, temperature, seed, beam)
             per_item = (time.perf_counter() - t0) / len(batch)
             rows = [{"pid": ex.pid, "model": model_name, "mode": mode, **a, "seconds": per_item}
                     for ex, a in zip(batch, answers, strict=True)]
@@ -492,7 +506,7 @@ def run_inference(params, name: str, test_rows: list[dict]) -> tuple[list[dict],
         rows = predict(model, processor, examples_from_rows(test_rows), {r["pid"]: r["choices"] for r in test_rows},
                        name, opts.batch_size, opts.max_new_tokens, done=done, on_batch=persist, mode=opts.mode,
                        likelihood_answer=opts.likelihood_answer, samples=opts.samples,
-                       temperature=opts.temperature, seed=opts.seed)
+                       temperature=opts.temperature, seed=opts.seed, beam=opts.beam)
         wall = time.perf_counter() - t0
     partial.unlink()
     stats = _timing_stats(rows, pop_seconds(rows), path, sum(p.numel() for p in model.parameters()), len(done),
@@ -504,6 +518,10 @@ def run_inference(params, name: str, test_rows: list[dict]) -> tuple[list[dict],
         stats["text_differs"] = sum(r["choice_text"] != r["choice"] for r in rows)
     if opts.mode == "self_consistency":
         stats.update(self_consistency_stats(rows, opts.samples), temperature=opts.temperature, seed=opts.seed)
+    if opts.mode == "stage_beam":
+        from svrd.stage_beam import beam_stats
+
+        stats.update(beam_stats(rows, opts.beam), seed=opts.seed)
     for row in rows:
         row.pop("tied", None)  # counted above; not a column
     return rows, stats

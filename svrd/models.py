@@ -51,7 +51,8 @@ def pick_dtype(precision: str = "auto", device: torch.device | None = None) -> t
 
 # Trainable weights (and so AdamW's state) always stay in fp32: in pure bf16 AdamW's small updates round
 # to zero (a toy AdamW run on a bf16 layer moved 14.8% of the weights at lr 1.4e-5 and 1.0% at DPO's 5e-7),
-# and the fp16 grad scaler refuses to unscale fp16 gradients. bf16/fp16 are the compute dtype (autocast).
+# and the fp16 grad scaler refuses to unscale fp16 gradients (on CPU as on a GPU). bf16/fp16 are the compute
+# dtype (autocast).
 TRAIN_WEIGHTS_DTYPE = torch.float32
 
 
@@ -60,14 +61,44 @@ def mixed_precision(precision: str = "auto", device: torch.device | None = None,
     """What training computes in over its fp32 weights: "bf16" or "fp16" autocast (Trainer's bf16=/fp16=),
     or None for plain fp32. auto: bf16 on a GPU that supports it, fp32 on CPU.
 
-    fp16 on CPU is refused (SvrdError naming `param`): accelerate makes no fp16 autocast or grad
-    scaler there and would silently train in fp32."""
+    fp16 on CPU is fp16 autocast with a grad scaler, as on a GPU (CpuFp16Trainer; accelerate alone would
+    silently train in fp32 there). `param` names the setting for callers' messages."""
     device = device or pick_device()
-    compute = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(pick_dtype(precision, device))
-    if compute == "fp16" and device.type == "cpu":
-        raise SvrdError(f"{param}=fp16 needs a GPU: on CPU accelerate has no fp16 autocast and would silently "
-                        f"train in fp32; use {param}=bf16 (or fp32) on CPU")
-    return compute
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(pick_dtype(precision, device))
+
+
+def enable_cpu_fp16(accelerator) -> bool:
+    """Give a CPU accelerator asked for fp16 what accelerate gives a GPU: fp16 autocast and a grad scaler.
+
+    accelerate 1.16's Accelerator.__init__ sets native_amp and the scaler for fp16 only when
+    `device.type != "cpu"` (it predates torch's CPU fp16 autocast), so fp16=True with use_cpu=True trains
+    in fp32 unannounced. torch >= 2.3 has both torch.autocast("cpu", dtype=float16) and
+    torch.amp.GradScaler("cpu"); set the two attributes accelerate's own fp16 path reads (prepare wraps the
+    forward in get_mixed_precision_context_manager, which is fp16 autocast for mixed_precision "fp16";
+    backward, clip_grad_norm_ and the optimizer step use the scaler). Must run before prepare().
+    Returns whether it changed anything."""
+    from accelerate.utils import DistributedType, get_grad_scaler
+
+    if (accelerator.mixed_precision != "fp16" or accelerator.device.type != "cpu" or accelerator.native_amp
+            or accelerator.distributed_type not in (DistributedType.NO, DistributedType.MULTI_CPU)):
+        return False
+    if not torch.amp.is_autocast_available("cpu"):
+        raise SvrdError("fp16 on CPU needs torch's CPU fp16 autocast (torch >= 2.3); use bf16 or fp32 on CPU")
+    kwargs = accelerator.scaler_handler.to_kwargs() if accelerator.scaler_handler is not None else {}
+    accelerator.native_amp = True
+    accelerator.scaler = get_grad_scaler(accelerator.distributed_type, **kwargs)  # torch.amp.GradScaler("cpu")
+    return True
+
+
+class CpuFp16Trainer:
+    """Mixin for transformers' Trainer (and TRL's trainers): fp16=True on CPU computes in fp16 autocast with a
+    grad scaler over the fp32 weights instead of silently in fp32 (enable_cpu_fp16). A Trainer subclass
+    hook, because Trainer builds its Accelerator itself and accelerate has no option to allow CPU fp16."""
+
+    def create_accelerator_and_postprocess(self) -> None:
+        super().create_accelerator_and_postprocess()
+        if enable_cpu_fp16(self.accelerator):
+            log.info("fp16 on CPU: fp16 autocast and a grad scaler over fp32 weights")
 
 
 def require_fp32_trainable(model) -> None:
@@ -288,14 +319,62 @@ def _apply_pixel_budget(processor, image_tokens: int) -> str:
     return f"max_pixels={max_pixels} (at most {image_tokens} tokens), min_pixels={min_pixels}"
 
 
+def _is_anyres_max(processor, config) -> bool:
+    """LLaVA-OneVision: a base view of the whole image plus a grid of native tiles, the grid chosen among
+    image_grid_pinpoints; the grid's features unpadded to the image's aspect, one newline token per feature
+    row, and pooled down to about K tiles' worth past 1.1x that (vision_aspect_ratio "anyres_max_K")."""
+    image_processor = getattr(processor, "image_processor", None)
+    return (isinstance(getattr(processor, "vision_aspect_ratio", None), str)
+            and bool(getattr(processor, "num_image_tokens", None))
+            and hasattr(image_processor, "image_grid_pinpoints") and hasattr(config, "image_grid_pinpoints"))
+
+
+def _anyres_bound(rows: int, cols: int, per_tile: int, max_tiles: int) -> int:
+    """The most image tokens one image can give on a rows x cols grid (LlavaOnevisionProcessor's count):
+    the base view (per_tile), the grid's unpadded features (at most rows*cols tiles' worth, and at most
+    1.21 * max_tiles tiles' worth: beyond a ratio of 1.1 they are pooled to max_tiles tiles' worth) and one
+    newline per feature row (at most rows * side)."""
+    side = math.isqrt(per_tile)
+    return per_tile + min(rows * cols * per_tile, int(1.21 * max_tiles * per_tile)) + rows * side
+
+
+def _apply_anyres_max(processor, config, image_tokens: int) -> str:
+    """LLaVA-OneVision: the budget as a cap on the tile grids (image_grid_pinpoints, in the processor and the
+    model config, which must agree): keep the grids whose most tokens fit. Tiles stay at the encoder's
+    native size and anyres_max_K is untouched, so the model sees only grids it was trained on. Below the
+    smallest grid (one tile + the base view) no grid fits: the smallest is kept, and the how says so."""
+    image_processor = processor.image_processor
+    tile = config.vision_config.image_size
+    per_tile = processor.num_image_tokens
+    max_tiles = int(processor.vision_aspect_ratio.removeprefix("anyres_max_"))
+    pinpoints = [list(p) for p in image_processor.image_grid_pinpoints]
+    bound = {tuple(p): _anyres_bound(p[0] // tile, p[1] // tile, per_tile, max_tiles) for p in pinpoints}
+    kept = [p for p in pinpoints if bound[tuple(p)] <= image_tokens]
+    below = not kept
+    if below:
+        smallest = min(bound.values())
+        kept = [p for p in pinpoints if bound[tuple(p)] == smallest]
+    image_processor.image_grid_pinpoints = kept
+    config.image_grid_pinpoints = [list(p) for p in kept]
+    most = max(bound[tuple(p)] for p in kept)
+    tiles = max((p[0] // tile) * (p[1] // tile) for p in kept)
+    what = (f"{len(kept)} of {len(pinpoints)} tile grids of {tile}px kept (up to {tiles} tile{'s' * (tiles > 1)}; "
+            f"{per_tile} tokens per tile + a base view + a newline per row, {processor.vision_aspect_ratio}): "
+            f"at most {most} tokens")
+    if below:
+        return f"{what}, the family's minimum: {image_tokens} is below one tile + the base view"
+    return what
+
+
 def apply_image_tokens(model, processor, image_tokens: int | None) -> dict:
     """Apply student.image_tokens where the family has a knob for it; say what was applied.
 
     None (the default): the family's native processing, untouched. A number is a budget of image
     tokens per image: Idefics3/SmolVLM cap their tiles (never above the encoder's native tile size),
-    Qwen2-VL-style processors their max_pixels; fixed-resolution families (LLaVA, PaliGemma, the
-    tiny student) have no such knob and keep theirs. Returns {"family", "image_tokens" (what a
-    640x480 image now gives), "requested", "applied", "how"}.
+    Qwen2-VL-style processors their max_pixels, LLaVA-OneVision its tile grids (image_grid_pinpoints,
+    in the processor and the model config); fixed-resolution families (LLaVA, PaliGemma, the tiny
+    student) have no such knob and keep theirs, and say so ("not applicable: ..."). Returns {"family",
+    "image_tokens" (what a 640x480 image now gives), "requested", "applied", "how"}.
     """
     config = getattr(model, "config", model)
     family = family_of(model)
@@ -305,6 +384,10 @@ def apply_image_tokens(model, processor, image_tokens: int | None) -> dict:
         how, applied = _apply_tiling(processor, config, image_tokens), True
     elif _is_pixel_budget(processor):
         how, applied = _apply_pixel_budget(processor, image_tokens), True
+    elif _is_anyres_max(processor, config):
+        how, applied = _apply_anyres_max(processor, config, image_tokens), True
+    elif hasattr(getattr(processor, "image_processor", None), "image_grid_pinpoints"):
+        how, applied = "not applicable: an anyres grid this code does not map (LLaVA-NeXT), native processing", False
     else:
         how, applied = "not applicable: fixed resolution, native processing", False
     actual = count_image_tokens(processor)

@@ -298,17 +298,41 @@ class InferModelParams(_Section):
     dep: Text  # the artifact DVC watches for this entry
 
 
+class InferBeamOpenAIParams(_Section):
+    base_url: Url | None  # an OpenAI-compatible server, e.g. http://localhost:8000/v1
+    model: Text | None  # the model name it serves
+    api_key_env: EnvVarName  # the variable's *name*; the key itself never enters params.yaml
+    concurrency: Annotated[Int, Field(ge=1, le=1024)]
+    timeout_s: PosFloat
+    max_retries: NonNegInt
+
+
+class InferBeamParams(_Section):  # infer.mode stage_beam (svrd.stage_beam)
+    candidates: PosInt  # sampled per stage per question
+    judge: Literal["likelihood", "self", "openai"]  # svrd.stage_beam.JUDGES
+    temperature: PosFloat
+    openai: InferBeamOpenAIParams  # judge: openai only
+
+    @model_validator(mode="after")
+    def _openai_needs(self) -> InferBeamParams:
+        missing = [f"infer.beam.openai.{k}" for k in ("base_url", "model") if getattr(self.openai, k) is None]
+        if self.judge == "openai" and missing:
+            raise ValueError(f"{' and '.join(missing)} required when infer.beam.judge is 'openai'")
+        return self
+
+
 class InferParams(_Section):
     # name -> entry, one infer stage per entry (dvc.yaml foreach); names reach file names
     models: Annotated[dict[Name, InferModelParams], Field(min_length=1)]
     batch_size: PosInt
     max_new_tokens: PosInt
-    mode: Literal["generate", "likelihood", "self_consistency"]  # svrd.infer.MODES
+    mode: Literal["generate", "likelihood", "self_consistency", "stage_beam"]  # svrd.infer.MODES
     likelihood_answer: Literal["letter", "letter_text", "text"]  # svrd.infer.LIKELIHOOD_ANSWERS
     samples: PosInt  # self_consistency: sampled chains per question (the votes)
     temperature: PosFloat  # self_consistency: sampling temperature (0 would be greedy: identical chains)
     seed: Seed  # self_consistency: sampling seed (with the batch's pids)
     engine: Literal["hf", "vllm"]  # vllm: GPU only, generate mode only (svrd.vllm_engine)
+    beam: InferBeamParams  # stage_beam only
 
     @model_validator(mode="after")
     def _engine_mode(self) -> InferParams:

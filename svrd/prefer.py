@@ -330,7 +330,10 @@ def dpo_trainer(model, ref_model, processor, dataset, cfg, output_dir: str | Pat
     from trl import DPOConfig, DPOTrainer
     from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
 
-    from svrd.models import mixed_precision, require_fp32_trainable
+    from svrd.models import CpuFp16Trainer, mixed_precision, require_fp32_trainable
+
+    class Trainer(CpuFp16Trainer, DPOTrainer):  # prefer.precision=fp16 on CPU: fp16 autocast + grad scaler
+        pass
 
     require_fp32_trainable(model)
     compute = mixed_precision(cfg.precision, next(model.parameters()).device, "prefer.precision")
@@ -358,8 +361,7 @@ def dpo_trainer(model, ref_model, processor, dataset, cfg, output_dir: str | Pat
         dataloader_num_workers=0,
         disable_tqdm=True,
     )
-    trainer = DPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=dataset,
-                         processing_class=processor)
+    trainer = Trainer(model=model, ref_model=ref_model, args=args, train_dataset=dataset, processing_class=processor)
     if not isinstance(trainer.data_collator, DataCollatorForVisionPreference):  # dpo_dataset always has images
         raise TypeError(f"expected TRL's vision preference collator, got {type(trainer.data_collator).__name__}")
     trainer.data_collator.processor = PromptsAsEncoded(processor)  # TRL's collator, prompts as distill encodes them

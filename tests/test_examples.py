@@ -117,8 +117,11 @@ def test_labels_mask_prompt_and_image_tokens(students, family):
     image_token = tok.convert_tokens_to_ids(getattr(processor, "image_token", "<image>"))
     image_positions = (enc["input_ids"] == image_token).nonzero().flatten()
     assert len(image_positions) > 0 and bool((labels[image_positions] == IGNORE_INDEX).all())
-    if "token_type_ids" in enc:  # PaliGemma: prefix 0 (bidirectional), suffix 1 (causal)
+    # PaliGemma reads token types (prefix 0: bidirectional, suffix 1: causal); the others get none
+    assert ("token_type_ids" in enc) == (family == "paligemma")
+    if family == "paligemma":
         assert enc["token_type_ids"][:first].eq(0).all() and enc["token_type_ids"][first:].eq(1).all()
+        assert len(enc["token_type_ids"]) == len(enc["input_ids"])
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
@@ -173,10 +176,17 @@ def test_collator_pads_sequences_and_stacks_images():
     assert batch["input_ids"].tolist() == [[5, 6, 7], [5, 8, 0]]
     assert batch["labels"].tolist() == [[-100, 6, 7], [-100, 8, -100]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert {batch[k].dtype for k in ("input_ids", "labels", "attention_mask", "token_type_ids")} == {torch.long}
     assert batch["token_type_ids"].tolist() == [[0, 1, 1], [0, 1, 1]]
     # Idefics3 tiles: the shorter example is padded with an all-zero tile (and mask), which the model skips
     assert batch["pixel_values"].shape == (2, 2, 3, 4, 4)
     assert batch["pixel_values"][0, 1].abs().sum() == 0 and batch["pixel_attention_mask"][0, 1].sum() == 0
+
+
+def test_collator_takes_token_types_from_a_batch_of_one():
+    batch = Collator(pad_token_id=0)([{"input_ids": torch.tensor([5, 6]), "labels": torch.tensor([-100, 6]),
+                                       "token_type_ids": torch.tensor([0, 1])}])
+    assert batch["token_type_ids"].tolist() == [[0, 1]] and batch["attention_mask"].tolist() == [[1, 1]]
 
 
 # --- lengths: measured before training, never cut silently ----------------------------------------
@@ -276,3 +286,19 @@ def test_a_length_error_ends_a_stage_with_one_line(students, capsys):
     err = capsys.readouterr().err.strip()
     assert exit_.value.code == 1 and "\n" not in err and "Traceback" not in err
     assert err.startswith("pytest: error: pid ") or ": error: pid " in err
+
+
+def test_encode_training_may_cut_right_after_the_conclusion_but_not_into_it(students):
+    """The backstop in encode_training itself (TrainingDataset checks first): the boundary is the last
+    token of </CONCLUSION>, found here by decoding growing prefixes of the target, not by conclusion_end."""
+    paths, records = students
+    processor = load_processor(paths["llava"])
+    tok = tokenizer_of(processor)
+    ex = _long_reasoning(records, "rationale_after")[0]  # conclusion first, a long tail after it
+    prompt_len = len(encode_prompt(processor, ex)["input_ids"][0])
+    target_ids = tok(ex.target, add_special_tokens=False)["input_ids"]
+    end = next(k for k in range(1, len(target_ids) + 1) if "</CONCLUSION>" in tok.decode(target_ids[:k]))
+    enc = encode_training(processor, ex, prompt_len + end)
+    assert enc["labels"][prompt_len:].tolist() == target_ids[:end]
+    with pytest.raises(LengthError):
+        encode_training(processor, ex, prompt_len + end - 1)

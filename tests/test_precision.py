@@ -3,8 +3,9 @@ weights, so the paper's learning rates (distill 1.4e-5, DPO 5e-7) move the weigh
 
 In pure bf16 (the weights themselves in bf16, as before) AdamW's updates of about lr round to zero
 for most weights: 4 steps at 1.4e-5 moved 15% of the tiny student's trainable weights. These tests
-run on CPU, which has bf16 autocast; fp16 has none there (accelerate would silently train in fp32),
-so it is refused, and the GPU choices are checked as configuration.
+run on CPU in bf16 and fp16 autocast: torch has both there, and fp16 adds a grad scaler (accelerate
+alone makes neither for fp16 on CPU and would silently train in fp32: svrd.models.CpuFp16Trainer).
+The GPU choices are checked as configuration.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from tiny_models import build_llava, corpus, fake_rationales, fake_records
 
 import svrd.distill as distill
 import svrd.prefer as prefer
-from svrd.errors import SvrdError
 from svrd.examples import build_examples
 from svrd.models import load_student, mixed_precision
 from svrd.params import load_params
@@ -44,8 +44,11 @@ def moved_share(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor])
     return moved / sum(t.numel() for t in before.values())
 
 
+COMPUTE = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
 class OutputDtypes:
-    """Records the dtype a text-model Linear computes in (bf16 under bf16 autocast)."""
+    """Records the dtype a text-model Linear computes in (bf16 under bf16 autocast, fp16 under fp16)."""
 
     def __init__(self, model):
         layer = next(m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and "language_model" in n)
@@ -56,10 +59,40 @@ class OutputDtypes:
 # --- distill --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("precision", ["bf16", "fp32"])
-def test_distill_at_the_paper_lr_moves_the_weights(student, tmp_path, precision):
-    """4 steps of Adam at 1.4e-5 move >= 99% of the trainable weights in bf16 as in fp32 (the student
-    loaded as the stage loads it: load_student). Pure bf16 weights moved 15.3% here."""
+def assert_scaled(trainer, steps: int) -> None:
+    """fp16: the accelerator's grad scaler is on, scaled every backward and stepped every optimizer step
+    (its growth tracker counts the steps it took without an inf/NaN since the last skip)."""
+    scaler = trainer.accelerator.scaler
+    assert isinstance(scaler, torch.amp.GradScaler) and scaler.is_enabled() and scaler.get_scale() > 1.0
+    assert trainer.optimizer.scaler is scaler  # the optimizer steps through it
+    assert scaler.state_dict()["_growth_tracker"] == steps, "every step unscaled, none skipped"
+
+
+@pytest.fixture
+def trainers(monkeypatch) -> list:
+    """The Trainers distill.train and prefer.dpo_trainer build, as built."""
+    built = []
+
+    class Spy(distill.LengthGroupedTrainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            built.append(self)
+
+    monkeypatch.setattr(distill, "LengthGroupedTrainer", Spy)
+    dpo_trainer = prefer.dpo_trainer
+
+    def spy(*args, **kwargs):
+        built.append(dpo_trainer(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(prefer, "dpo_trainer", spy)
+    return built
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16", "fp32"])
+def test_distill_at_the_paper_lr_moves_the_weights(student, tmp_path, precision, trainers):
+    """4 steps of Adam at 1.4e-5 move >= 99% of the trainable weights in bf16 and fp16 (on CPU too) as in
+    fp32 (the student loaded as the stage loads it: load_student). Pure bf16 weights moved 15.3% here."""
     records = fake_records(8)
     examples = build_examples(records, fake_rationales(records), "rationale", "letter")
     params = PARAMS.with_overrides({"student.model": str(student), "train.precision": precision,
@@ -74,9 +107,13 @@ def test_distill_at_the_paper_lr_moves_the_weights(student, tmp_path, precision)
     assert stats["steps"] == 4
     assert moved_share(before, after) >= 0.99
     assert all(t.dtype == torch.float32 for t in after.values())  # fp32 master weights
-    want = torch.bfloat16 if precision == "bf16" else torch.float32
-    assert dtypes.seen == {want}, "forward and backward run in the precision asked for"
-    assert stats["mixed_precision"] == ("bf16" if precision == "bf16" else "no") and stats["dtype"] == "float32"
+    assert dtypes.seen == {COMPUTE[precision]}, "forward and backward run in the precision asked for"
+    assert stats["mixed_precision"] == ("no" if precision == "fp32" else precision) and stats["dtype"] == "float32"
+    (trainer,) = trainers
+    if precision == "fp16":
+        assert_scaled(trainer, steps=4)
+    else:
+        assert trainer.accelerator.scaler is None
 
 
 def test_half_precision_trainable_weights_are_refused(student, tmp_path):
@@ -94,10 +131,11 @@ def test_half_precision_trainable_weights_are_refused(student, tmp_path):
 # --- DPO ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("precision", ["bf16", "fp32"])
-def test_dpo_at_the_paper_lr_moves_the_weights(student, tmp_path, precision, monkeypatch):
+@pytest.mark.parametrize("precision", ["bf16", "fp16", "fp32"])
+def test_dpo_at_the_paper_lr_moves_the_weights(student, tmp_path, precision, monkeypatch, trainers):
     """The prefer stage's own path (run_prefer: load, sample, pair, DPO, save) at lr 5e-7: >= 99% of the
-    text weights move in bf16 as in fp32, compared in the dtype the stage saved. Pure bf16 weights: 0.8%."""
+    text weights move in bf16 and fp16 (on CPU too) as in fp32, compared in the dtype the stage saved.
+    Pure bf16 weights: 0.8%."""
     records = fake_records(8)
     overrides = {**STAGE_FAST, "prefer.lr": 5e-7, "prefer.precision": precision, "prefer.max_questions": 8,
                  "prefer.train_batch_size": 2, "prefer.warmup_steps": 0}
@@ -120,21 +158,23 @@ def test_dpo_at_the_paper_lr_moves_the_weights(student, tmp_path, precision, mon
     text = [k for k in distilled if "language_model" in k]
     assert moved_share({k: distilled[k] for k in text}, trained) >= 0.99
     assert all(trained[k].dtype == torch.float32 for k in text)
-    want = torch.bfloat16 if precision == "bf16" else torch.float32
-    assert dtypes["hook"].seen == {want}
-    assert stats["dpo"]["mixed_precision"] == ("bf16" if precision == "bf16" else "no")
+    assert dtypes["hook"].seen == {COMPUTE[precision]}
+    assert stats["dpo"]["mixed_precision"] == ("no" if precision == "fp32" else precision)
+    (trainer,) = trainers
+    if precision == "fp16":
+        assert_scaled(trainer, steps=stats["dpo"]["steps"])
+    else:
+        assert trainer.accelerator.scaler is None
 
 
-# --- fp16, and the GPU choices without a GPU -------------------------------------------------------
+# --- fp16 on CPU, and the GPU choices without a GPU ---------------------------------------------------
 
 
-def test_fp16_on_cpu_is_refused_in_one_line():
-    """accelerate makes no fp16 autocast (nor grad scaler) on CPU and would train in fp32 unannounced."""
+def test_cpu_precision_choice():
+    """On CPU fp16 is fp16 autocast (with a grad scaler in training), as bf16 is bf16; auto stays fp32."""
     cpu = torch.device("cpu")
     for param in ("train.precision", "prefer.precision"):
-        with pytest.raises(SvrdError, match=rf"^{param}=fp16 needs a GPU: .*use {param}=bf16") as err:
-            mixed_precision("fp16", cpu, param)
-        assert "\n" not in str(err.value)
+        assert mixed_precision("fp16", cpu, param) == "fp16"
     assert mixed_precision("bf16", cpu) == "bf16" and mixed_precision("fp32", cpu) is None
     assert mixed_precision("auto", cpu) is None  # CPU bf16 matmuls are slow: auto stays fp32 there
 
