@@ -55,6 +55,8 @@ import torch
 from tqdm import tqdm
 
 from svrd.answers import extract_choice
+from svrd.baselines import kosmos2
+from svrd.baselines.kosmos2 import clean_output
 from svrd.examples import Example, messages_for, tokenizer_of
 from svrd.images import open_png
 from svrd.io import atomic_path
@@ -153,7 +155,8 @@ def generate_batch(model, processor, examples: list[Example], max_new_tokens: in
     tok = tokenizer_of(processor)
     ids = generate_ids(model, processor, _to_device(model, encode_batch(processor, examples)), max_new_tokens,
                        min_new_tokens)
-    return [tok.decode(i, skip_special_tokens=True).strip() for i in ids], [len(i) for i in ids]
+    texts = [clean_output(processor, tok.decode(i, skip_special_tokens=True)).strip() for i in ids]
+    return texts, [len(i) for i in ids]
 
 
 # ---------------------------------------------------------------- likelihood answering
@@ -291,7 +294,7 @@ def _self_consistency_rows(model, processor, examples: list[Example], choices: l
 
     chains = sample_batch(model, processor, examples, samples, temperature, 1.0, max_new_tokens, seed, min_new_tokens)
     for row, sampled, opts in zip(rows, chains, choices, strict=True):
-        texts = [c["text"].strip() for c in sampled]
+        texts = [clean_output(processor, c["text"]).strip() for c in sampled]
         parses = [extract_choice(t, opts) for t in texts]
         choice, votes, tied = majority_vote(parses, len(opts), row["choice_text"])
         first = next((i for i, p in enumerate(parses) if p == choice), 0) if choice is not None else 0
@@ -315,7 +318,7 @@ def answer_batch(model, processor, examples: list[Example], choices: list[list[s
     tok = tokenizer_of(processor)
     inputs = _to_device(model, encode_batch(processor, examples))
     generated = generate_ids(model, processor, inputs, max_new_tokens, min_new_tokens)
-    texts = [tok.decode(g, skip_special_tokens=True).strip() for g in generated]
+    texts = [clean_output(processor, tok.decode(g, skip_special_tokens=True)).strip() for g in generated]
     rows = []
     for text, g, opts in zip(texts, generated, choices, strict=True):
         picked = extract_choice(text, opts)
@@ -483,7 +486,8 @@ def run_inference(params, name: str, test_rows: list[dict]) -> tuple[list[dict],
 
     path = resolve_model_path(params, name)
     opts = params.infer
-    trust = params.student.trust_remote_code
+    trust = params.infer.models[name].trust_remote_code  # None: the student's setting
+    trust = params.student.trust_remote_code if trust is None else trust
     device = pick_device()
     partial = cache_dir() / "infer" / f"{name}-{_fingerprint(path, params, [r['pid'] for r in test_rows])}.jsonl"
     done = load_partial(partial)
@@ -495,6 +499,7 @@ def run_inference(params, name: str, test_rows: list[dict]) -> tuple[list[dict],
         return _run_vllm(path, name, test_rows, opts, trust, partial, done)
     model = load_model(path, trust, pick_dtype("auto", device)).to(device)
     processor = load_processor(path, trust)
+    model, processor = kosmos2.adapt(model, processor, opts.mode)  # KOSMOS-2's prompt (others: unchanged)
     image_tokens = None
     if params.infer.models[name].path == "student.model":
         # The untrained student sees images at the resolution distill trains at (a trained student's

@@ -255,6 +255,8 @@ def count_image_tokens(processor, size: tuple[int, int] = REALISTIC_IMAGE) -> in
 
     text = processor.apply_chat_template(messages_for("x", True), add_generation_prompt=True, tokenize=False)
     enc = processor(images=[Image.new("RGB", size, (128, 64, 32))], text=[text], return_tensors="pt")
+    if "image_embeds_position_mask" in enc:  # KOSMOS-2: the latent-query places between <image> and </image>
+        return int(enc["image_embeds_position_mask"][0].sum())
     tok = tokenizer_of(processor)
     image_token = getattr(processor, "image_token", None) or getattr(tok, "image_token", None) or "<image>"
     return int((enc["input_ids"][0] == tok.convert_tokens_to_ids(image_token)).sum())

@@ -296,6 +296,7 @@ MODEL_PARAM_REFS = ("student.model", "teach.model")
 class InferModelParams(_Section):
     path: Text  # a folder, a Hub id, or one of MODEL_PARAM_REFS
     dep: Text  # the artifact DVC watches for this entry
+    trust_remote_code: StrictBool | None = None  # None: student.trust_remote_code (remote-code baselines)
 
 
 class InferBeamOpenAIParams(_Section):
