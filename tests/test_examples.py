@@ -302,3 +302,212 @@ def test_encode_training_may_cut_right_after_the_conclusion_but_not_into_it(stud
     assert enc["labels"][prompt_len:].tolist() == target_ids[:end]
     with pytest.raises(LengthError):
         encode_training(processor, ex, prompt_len + end - 1)
+
+
+# --- a stub processor: every expected length below is counted by hand from its plain rules -----------
+
+
+class _CharTok:
+    """One token per character; BOS (1) only with add_special_tokens, like Llama's and Gemma's."""
+
+    eos_token_id, pad_token_id = 2, 0
+
+    def __call__(self, text, add_special_tokens=True):
+        return {"input_ids": ([1] if add_special_tokens else []) + [ord(c) for c in text]}
+
+
+def _n_image(width: int, height: int) -> int:
+    return width // 10 + 3 * (height // 10)  # not symmetric: width and height swapped give another count
+
+
+class _StubProcessor:
+    """A chat template "<u>{<image>}{prompt}</u><a>", a BOS, one token per character and `_n_image`
+    tokens per image. `counter`: "works", "none" (no _get_num_multimodal_tokens) or "wide-fails"
+    (raises for images wider than 500 px). `quirk`: one more token for odd-length texts (a processor
+    whose count is not the tokenizer's)."""
+
+    def __init__(self, counter="works", quirk=False, mask=True, token_types=False, input_names=None):
+        self.tokenizer = _CharTok()
+        self.quirk, self.mask, self.token_types = quirk, mask, token_types
+        self.image_encodes = self.counter_calls = 0
+        if counter != "none":
+            self.wide_fails = counter == "wide-fails"
+            self._get_num_multimodal_tokens = self._count
+        if input_names is not None:
+            self.model_input_names = input_names
+
+    def _count(self, image_sizes):
+        self.counter_calls += 1
+        if self.wide_fails and any(w > 500 for _, w in image_sizes):
+            raise NotImplementedError
+        return {"num_image_tokens": [_n_image(w, h) for h, w in image_sizes]}
+
+    def apply_chat_template(self, messages, add_generation_prompt=False, tokenize=True):
+        body = "".join("<image>" if c["type"] == "image" else c["text"] for c in messages[0]["content"])
+        text = "<u>" + body + "</u>" + ("<a>" if add_generation_prompt else "")
+        return [ord(c) for c in text] if tokenize else text  # tokenizers' default: token ids
+
+    def __call__(self, images=None, text=None, return_tensors=None):
+        (t,) = text
+        parts = t.split("<image>")
+        assert len(parts) - 1 == len(images or [])
+        ids = [1]
+        for k, part in enumerate(parts):
+            if k:
+                self.image_encodes += 1
+                ids += [9] * _n_image(*images[k - 1].size)
+            ids += [ord(c) for c in part]
+        if self.quirk and len(t) % 2:
+            ids.append(3)
+        out = {"input_ids": torch.tensor([ids])}
+        if self.mask:
+            out["attention_mask"] = torch.ones(1, len(ids), dtype=torch.long)
+        if self.token_types:
+            out["token_type_ids"] = torch.zeros(1, len(ids), dtype=torch.long)
+        return out
+
+
+def _png(size):
+    from PIL import Image
+
+    from svrd.images import png_bytes
+
+    return png_bytes(Image.new("RGB", size, (9, 99, 199)))
+
+
+def _stub_len(prompt: str, size=None, quirk=False) -> int:
+    """The stub's prompt length by hand: BOS + "<u>" + image tokens + prompt + "</u><a>"."""
+    text_len = len("<u>") + (len("<image>") if size else 0) + len(prompt) + len("</u><a>")
+    return 1 + len("<u>") + (_n_image(*size) if size else 0) + len(prompt) + len("</u><a>") + (quirk and text_len % 2)
+
+
+SIZES = [(640, 480), (48, 40), (300, 500), (48, 40), (1000, 120), (640, 480)]
+
+
+def _sized_examples():
+    return [Example(f"s{i}", _png(size), f"Question {i}: " + "why? " * i) for i, size in enumerate(SIZES)]
+
+
+def test_prompt_lengths_use_the_processors_count_and_encode_one_image():
+    from svrd.examples import PromptLengths
+
+    proc = _StubProcessor()
+    measure = PromptLengths(proc)
+    examples = _sized_examples()
+    assert [measure(ex) for ex in examples] == [_stub_len(ex.prompt, s) for ex, s in zip(examples, SIZES, strict=True)]
+    assert proc.image_encodes == 1  # the anchor; every other size is counted, not preprocessed
+    assert proc.counter_calls == len(set(SIZES))  # once per size
+
+
+def test_prompt_lengths_without_a_counter_encode_one_blank_image_per_size():
+    from svrd.examples import PromptLengths
+
+    proc = _StubProcessor(counter="none")
+    measure = PromptLengths(proc)
+    examples = _sized_examples()
+    assert [measure(ex) for ex in examples] == [_stub_len(ex.prompt, s) for ex, s in zip(examples, SIZES, strict=True)]
+    assert proc.image_encodes == 1 + len(set(SIZES))  # the anchor, then one blank image per size
+
+
+def test_prompt_lengths_when_the_counter_fails_for_some_sizes():
+    """A counter that fails for one size: every size is then measured one way (blank images)."""
+    from svrd.examples import PromptLengths
+
+    proc = _StubProcessor(counter="wide-fails")
+    measure = PromptLengths(proc)
+    sizes = [(48, 40), (300, 500), (640, 480), (48, 40), (60, 90)]
+    examples = [Example(f"w{i}", _png(size), f"Q{i}" + "?" * i) for i, size in enumerate(sizes)]
+    assert [measure(ex) for ex in examples] == [_stub_len(ex.prompt, s) for ex, s in zip(examples, sizes, strict=True)]
+
+
+def test_check_lengths_encodes_every_prompt_when_the_shortcut_is_off():
+    from svrd.examples import LengthCheck, check_lengths
+
+    proc = _StubProcessor(quirk=True)
+    examples = [Example("a", _png((48, 40)), "ab", "x"), Example("b", _png((300, 500)), "abcde" * 9, "yz"),
+                Example("c", _png((640, 480)), "abcd", "w")]
+    real = [_stub_len(ex.prompt, s, quirk=True) + len(ex.target) + 1
+            for ex, s in zip(examples, [(48, 40), (300, 500), (640, 480)], strict=True)]
+    assert real[1] == max(real)
+    assert check_lengths(proc, examples, None) == LengthCheck(real, max(real), 0, max(real))
+    # an example exactly at the limit is not cut; one over it loses its EOS (no conclusion tag: refused)
+    assert check_lengths(proc, examples, max(real)) == LengthCheck(real, max(real), 0, max(real))
+
+
+def test_check_lengths_of_no_examples_and_a_dataset_of_none():
+    from svrd.examples import LengthCheck, check_lengths
+
+    assert check_lengths(_StubProcessor(), [], None) == LengthCheck([], 0, 0, 0)
+    assert TrainingDataset(_StubProcessor(), [], 64).max_length == 64
+    assert TrainingDataset(_StubProcessor(), [], None).max_length is None  # no examples: no longest to take
+
+
+def _length_message(pid, prompt, target, limit, others=""):
+    from svrd.examples import LENGTH_FIX
+
+    return (f"pid {pid}: needs {prompt + target} tokens (prompt with image tokens {prompt} + target {target}), "
+            f"over train.max_length={limit}, and the cut would reach its <CONCLUSION>{others}: {LENGTH_FIX}")
+
+
+def test_the_length_error_names_the_longest_refused_example_and_counts_the_others():
+    from svrd.examples import check_lengths
+
+    target = "<CONCLUSION> A </CONCLUSION>"
+    examples = [Example("p2", None, "q" * 50, target), Example("p1", None, "q" * 30, target),
+                Example("p3", None, "q", target)]  # the longest refused one comes first
+    prompts = [_stub_len(ex.prompt) for ex in examples][1::-1] + [_stub_len("q")]  # p1, p2, p3
+    t = len(target) + 1
+    with pytest.raises(LengthError) as err:
+        check_lengths(_StubProcessor(), examples, prompts[0] + 5)
+    assert str(err.value) == _length_message("p2", prompts[1], t, prompts[0] + 5, "; 2 of 3 examples are over")
+    with pytest.raises(LengthError) as err:
+        check_lengths(_StubProcessor(), examples, prompts[0] + t - 2)
+    assert str(err.value) == _length_message("p2", prompts[1], t, prompts[0] + t - 2, "; 2 of 3 examples are over")
+    with pytest.raises(LengthError) as err:  # one over: no count
+        check_lengths(_StubProcessor(), examples, prompts[1] + t - 2)
+    assert str(err.value) == _length_message("p2", prompts[1], t, prompts[1] + t - 2)
+    with pytest.raises(LengthError) as err:  # encode_training's backstop: the same one line
+        encode_training(_StubProcessor(), examples[2], prompts[2] + 3)
+    assert str(err.value) == _length_message("p3", prompts[2], t, prompts[2] + 3)
+
+
+def test_target_ids_never_carry_the_tokenizers_bos():
+    from svrd.examples import target_ids_of
+
+    assert target_ids_of(_CharTok(), "ab") == [97, 98, 2]
+
+
+def test_encode_training_with_the_stub_processor():
+    ex = Example("e", None, "hi", "ok")
+    prompt = [1] + [ord(c) for c in "<u>hi</u><a>"]
+    for proc in (_StubProcessor(), _StubProcessor(mask=False)):  # a processor that gives no attention mask
+        enc = encode_training(proc, ex, None)  # null max_length: nothing is cut
+        assert enc["input_ids"].tolist() == prompt + [ord("o"), ord("k"), 2]
+        assert enc["labels"].tolist() == [IGNORE_INDEX] * len(prompt) + [ord("o"), ord("k"), 2]
+        assert set(enc) == {"input_ids", "labels"}
+    # token types the model does not read are dropped, whether the processor names its inputs or not
+    for proc in (_StubProcessor(token_types=True), _StubProcessor(token_types=True, input_names=["input_ids"])):
+        assert "token_type_ids" not in encode_training(proc, ex, None)
+    # a model that reads them but a processor that gives none
+    assert "token_type_ids" not in encode_training(_StubProcessor(input_names=["input_ids", "token_type_ids"]), ex, None)
+
+    class Gemma3Processor(_StubProcessor):  # marks image tokens, not the suffix: text is type 0 throughout
+        pass
+
+    enc = encode_training(Gemma3Processor(token_types=True, input_names=["input_ids", "token_type_ids"]), ex, None)
+    assert enc["token_type_ids"].tolist() == [0] * (len(prompt) + 3)
+
+
+def test_collator_keeps_image_dtypes_and_takes_a_batch_of_one_image():
+    features = [
+        {"input_ids": torch.tensor([5, 6]), "labels": torch.tensor([-100, 6]),
+         "pixel_values": torch.ones(1, 1, 3, 4, 4, dtype=torch.bfloat16),
+         "pixel_attention_mask": torch.ones(1, 1, 4, 4, dtype=torch.long)},
+        {"input_ids": torch.tensor([5]), "labels": torch.tensor([-100]),
+         "pixel_values": torch.ones(1, 2, 3, 4, 4, dtype=torch.bfloat16),
+         "pixel_attention_mask": torch.ones(1, 2, 4, 4, dtype=torch.long)},
+    ]
+    batch = Collator(pad_token_id=0)(features)
+    assert batch["pixel_values"].dtype == torch.bfloat16 and batch["pixel_attention_mask"].dtype == torch.long
+    one = Collator(pad_token_id=0)(features[:1])
+    assert torch.equal(one["pixel_values"], features[0]["pixel_values"])

@@ -181,6 +181,69 @@ def test_continuation_scores_equal_a_plain_forward_pass(student):
         assert any(abs(a - b) > 1e-2 for a, b in zip(expected, shifted, strict=True))
 
 
+class _NoGenerateRule:
+    """The student without `_prepare_position_ids_for_generation` (a family that generate does not
+    prepare positions for): _position_ids falls back to its own rule from the attention mask."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.device = inner.device
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, **kwargs):
+        return self.inner(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs)
+
+    __call__ = forward
+
+
+def test_left_padded_scores_equal_unpadded_ones_with_the_fallback_position_rule(student):
+    """Each row of the left-padded batch against the oracle's unpadded pass of that row alone."""
+    from svrd.infer import score_continuations
+
+    model, processor, _ = student
+    inputs, prompts, extra = _encoded(student)
+    assert len({len(p) for p in prompts}) > 1
+    prefixes = [[5, 6], [], [9]]
+    continuations = [[[11, 12], [13]], [[15, 16, 17]], [[20], [21, 22]]]
+    got = score_continuations(_NoGenerateRule(model), processor, inputs, prefixes, continuations)
+    for i, conts in enumerate(continuations):
+        image_inputs = {k: v[i:i + 1] for k, v in extra.items()}
+        expected = [_plain_continuation_logprob(model, prompts[i], image_inputs, prefixes[i], c) for c in conts]
+        assert got[i] == pytest.approx(expected, abs=1e-4)
+
+
+def test_position_ids_from_the_mask_or_the_familys_own_rule():
+    """Hand-written positions for a left-padded mask: 0 on padding, then 0, 1, 2, ... per row."""
+    import torch
+
+    from svrd.infer import _position_ids
+
+    ids = torch.tensor([[0, 0, 7, 8, 9], [5, 6, 7, 8, 9]])
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+
+    class Plain:  # reads position ids; no rule of its own
+        def forward(self, input_ids, attention_mask=None, position_ids=None):
+            pass
+
+    class NoPositions:  # does not take position ids at all
+        def forward(self, input_ids, attention_mask=None, **kwargs):
+            pass
+
+    class OwnRule(Plain):  # a family with its own scheme (as multimodal RoPE overrides the method)
+        def _prepare_position_ids_for_generation(self, inputs_tensor, model_kwargs):
+            assert model_kwargs["input_ids"] is inputs_tensor
+            return model_kwargs["attention_mask"] * 10 + model_kwargs["rope_offset"]
+
+    class BrokenRule(Plain):
+        def _prepare_position_ids_for_generation(self, inputs_tensor, model_kwargs):
+            raise TypeError("an override that takes other arguments")
+
+    plain = [[0, 0, 0, 1, 2], [0, 1, 2, 3, 4]]
+    assert _position_ids(Plain(), ids, mask, {}).tolist() == plain
+    assert _position_ids(BrokenRule(), ids, mask, {}).tolist() == plain
+    assert _position_ids(NoPositions(), ids, mask, {}) is None
+    assert _position_ids(OwnRule(), ids, mask, {"rope_offset": 3}).tolist() == [[3, 3, 13, 13, 13], [13] * 5]
+
+
 @pytest.mark.parametrize("style", ["letter", "letter_text", "text"])
 def test_likelihood_answering_picks_the_option_the_oracle_scores_highest(student, style):
     """answer_batch in likelihood mode: the prefix is what was generated plus the <CONCLUSION> tag
