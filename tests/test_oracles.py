@@ -359,6 +359,31 @@ def test_continuation_ids_without_special_tokens_and_when_the_tag_merges():
     assert continuation_ids(tok, " red </CONCLUSION>") == [ord(c) for c in " red </CONCLUSION>"]
 
 
+class _PrefixSpaceTokenizer:
+    """SentencePiece-like: a BOS (1) when asked for special tokens, the tag as one token (500), and a
+    space that starts the text encoded as its own token (2000), unlike a space after other text (32)."""
+
+    def __call__(self, text, add_special_tokens=True):
+        ids = [1] if add_special_tokens else []
+        rest = text
+        while rest:
+            if rest.startswith("<CONCLUSION>"):
+                ids.append(500)
+                rest = rest[len("<CONCLUSION>"):]
+            else:
+                ids.append(2000 if rest is text and rest[0] == " " else ord(rest[0]))
+                rest = rest[1:]
+        return {"input_ids": ids}
+
+
+def test_continuation_ids_are_the_tokens_after_the_tag_in_running_text():
+    from svrd.infer import continuation_ids
+
+    tok = _PrefixSpaceTokenizer()
+    assert continuation_ids(tok, " B") == [32, 66]  # not [2000, 66]: the space follows the tag
+    assert continuation_ids(tok, " red") == [32, ord("r"), ord("e"), ord("d")]
+
+
 def test_rationale_prefix_keeps_the_tag_token_and_appends_it_without_bos():
     from svrd.infer import rationale_prefix
 
