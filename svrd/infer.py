@@ -152,11 +152,15 @@ def _to_device(model, inputs):
 def generate_batch(model, processor, examples: list[Example], max_new_tokens: int,
                    min_new_tokens: int = 0) -> tuple[list[str], list[int]]:
     """Greedy outputs (stripped text) and their lengths in new tokens."""
-    tok = tokenizer_of(processor)
     ids = generate_ids(model, processor, _to_device(model, encode_batch(processor, examples)), max_new_tokens,
                        min_new_tokens)
-    texts = [clean_output(processor, tok.decode(i, skip_special_tokens=True)).strip() for i in ids]
-    return texts, [len(i) for i in ids]
+    return [answer_text(processor, i) for i in ids], [len(i) for i in ids]
+
+
+def answer_text(processor, ids: list[int]) -> str:
+    """Generated ids as extract_choice reads them: decoded without special tokens, KOSMOS-2's
+    grounding markup stripped (svrd.baselines.kosmos2), ends stripped."""
+    return clean_output(processor, tokenizer_of(processor).decode(ids, skip_special_tokens=True)).strip()
 
 
 # ---------------------------------------------------------------- likelihood answering
@@ -318,7 +322,7 @@ def answer_batch(model, processor, examples: list[Example], choices: list[list[s
     tok = tokenizer_of(processor)
     inputs = _to_device(model, encode_batch(processor, examples))
     generated = generate_ids(model, processor, inputs, max_new_tokens, min_new_tokens)
-    texts = [clean_output(processor, tok.decode(g, skip_special_tokens=True)).strip() for g in generated]
+    texts = [answer_text(processor, g) for g in generated]
     rows = []
     for text, g, opts in zip(texts, generated, choices, strict=True):
         picked = extract_choice(text, opts)
