@@ -198,6 +198,9 @@ class TinyParams(_Section):
     # which vision hidden state the projector reads, counted from the end: -1 the last layer's output,
     # -(vision_layers + 1) the patch embeddings themselves
     vision_feature_layer: Int
+    # std of the text model's initial weights: at the usual 0.02 the tiny model's attention stayed
+    # uniform and it learnt a bigram model of the rationales (README, "The embedded sample")
+    init_std: PosFloat
     seed: Seed
     pretrain: TinyPretrainParams
 

@@ -76,6 +76,7 @@ def build_tiny_student(
     heads: int = 4,
     seed: int = 0,
     vision_feature_layer: int = -1,
+    init_std: float = 0.1,
 ) -> dict:
     """Train the tokenizer on `texts`, build the model from a config, save both to `out_dir`."""
     import torch
@@ -122,6 +123,7 @@ def build_tiny_student(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         tie_word_embeddings=True,
+        initializer_range=init_std,
     )
     config = LlavaConfig(
         vision_config=vision,

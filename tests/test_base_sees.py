@@ -2,11 +2,12 @@
 shapes (128-px images, 16-px patches, the default widths), must make a caption cheaper to predict
 with its own image than with another image of the same family.
 
-Two companion runs show the guard can fail. With the captions shuffled across images the target no
-longer depends on the image, and with length-grouped batches (the old default: every batch one
-family, since a caption's length is its family's) the student learns the captions' text and ignores
-the image. Measured here (104 steps, 2 threads, about 30 s a run): a right-vs-wrong image gap of
-0.043 nats per caption token for the default, 0.00003 grouped and -0.000005 shuffled.
+A companion run shows the guard can fail: with the captions shuffled across images the target no
+longer depends on the image. Measured here (104 steps, one thread, about 50 s a run): a
+right-vs-wrong image gap of 0.097 nats per caption token for the default and 0.0014 shuffled.
+(Length-grouped batches, every batch one family, used to be a second failing companion: at the
+old 0.02 init the student then learnt the captions without the image, gap 0.00003. With the
+default `tiny.init_std` it sees either way, gap 0.056, so that run no longer shows a failure.)
 
 The oracle is the model's own loss under two inputs; nothing in svrd computes it.
 """
@@ -30,7 +31,9 @@ GUARD_FAMILIES = tuple(f for f in FAMILIES if f.name in ("magnets", "concentrati
 PER_FAMILY = 120
 HELD_OUT = 40
 EPOCHS = 8  # 200 training images, batch 16: 104 optimizer steps
-MIN_GAP = 0.02  # nats per caption token; the default measures 0.043, the broken runs ~0
+MIN_GAP = 0.02  # nats per caption token; the default measures 0.097, shuffled captions 0.0014
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # two 2-thread workers on 2 cores thrash
 
 
 def _image_gap(model, processor, rows: list[dict], prompt: str) -> float:
@@ -50,7 +53,7 @@ def _image_gap(model, processor, rows: list[dict], prompt: str) -> float:
     return gap / len(encoded)
 
 
-@pytest.mark.parametrize("broken", [None, "shuffled captions", "length-grouped batches"])
+@pytest.mark.parametrize("broken", [None, "shuffled captions"])
 def test_caption_pretraining_makes_the_base_use_its_image(tmp_path, broken):
     torch.manual_seed(0)
     rows = [{"pid": pid, "image": png, "caption": caption, "topic": record["topic"]}
@@ -65,8 +68,6 @@ def test_caption_pretraining_makes_the_base_use_its_image(tmp_path, broken):
     out = tmp_path / "student"
     build_tiny_student(out, [r["caption"] for r in rows], **params.tiny.model_dump(exclude={"pretrain"}))
     pre = params.tiny.pretrain.model_copy(update={"epochs": EPOCHS, "save_steps": 0})  # the default's batching
-    if broken == "length-grouped batches":
-        pre = pre.model_copy(update={"group_by_length": True})
     stats = pretrain_captions(out, caption_examples(train_rows, pre.prompt), [], pre, 0, tmp_path / "ck")
     assert stats["steps"] == 104
 

@@ -76,7 +76,8 @@ class AnswerCache:
         self._add_column("request TEXT")
 
     def _add_column(self, column: str) -> None:
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(answers)")}
+        info = self._db.execute("PRAGMA table_info(answers)")
+        columns = {row[1] for row in info}
         if column.split()[0] in columns:
             return
         try:
@@ -95,7 +96,8 @@ class AnswerCache:
         for i in range(0, len(keys), 500):
             chunk = keys[i : i + 500]
             marks = ",".join("?" * len(chunk))
-            for key, text in self._db.execute(f"SELECT key, text FROM answers WHERE key IN ({marks})", chunk):
+            rows = self._db.execute(f"SELECT key, text FROM answers WHERE key IN ({marks})", chunk)
+            for key, text in rows:
                 found[key] = text
         return found
 
@@ -109,7 +111,8 @@ class AnswerCache:
         )
 
     def __len__(self) -> int:
-        return self._db.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
+        count = self._db.execute("SELECT COUNT(*) FROM answers")
+        return count.fetchone()[0]
 
     def close(self) -> None:
         self._db.close()
