@@ -194,7 +194,7 @@ def varied_sample_student(root: Path, per_family: int, max_rows: int | None = No
     generate(root / "release", per_family=per_family)
     rows = [clean_record(r, True, 25_000_000) for r in iter_release(root / "release")][:max_rows]
     build_tiny_student(root / "built", [format_question(r) for r in rows] + [r["solution"] for r in rows],
-                       vocab_size=400, text_layers=2)
+                       vocab_size=400, text_layers=2, init_std=0.02)  # untrained "built": near-uniform next tokens
     model, processor = load_model(str(root / "built")), load_processor(str(root / "built"))
     torch.manual_seed(0)
     with torch.no_grad():
