@@ -9,9 +9,10 @@ The family is magnets: its image is readable at the default shapes and its answe
 
 A companion run shows the guard can fail: the same run with the teacher's rationales shuffled
 across questions (each image gets another question's rationale and answer) has nothing to learn
-from the image and stays at chance. Measured here (one thread): the default reaches 70-90% of the
-held-out questions; shuffled, about 50%. The expected answers are the generator's gold options;
-nothing in svrd computes the oracle.
+from the image and stays at chance. Measured here: 81.5% of the 54 held-out questions for the
+default, 51.9% shuffled (chance 50%); about 120 s a run on one thread, 80 s alone on two cores. Six
+epochs instead of eight took 95 s on one thread and reached only 66.7%. The expected answers are
+the generator's gold options; nothing in svrd computes the oracle.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ FAMILY = tuple(f for f in FAMILIES if f.name == "magnets")
 PER_FAMILY = 270  # 216 train + val questions, 54 held out (the generator's own split plan)
 EPOCHS = 8  # 216 examples at the default batch 8: 216 optimizer steps
 CHANCE = 50.0  # two options each
-MIN_ACCURACY = CHANCE + 15  # the default measures 70-90; shuffled targets ~50
+MIN_ACCURACY = CHANCE + 15  # the default measures 81.5, shuffled rationales 51.9
 
 
 def _rows():
