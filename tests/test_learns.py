@@ -17,7 +17,6 @@ the generator's gold options; nothing in svrd computes the oracle.
 
 from __future__ import annotations
 
-import dataclasses
 import random
 
 import pytest
@@ -29,10 +28,9 @@ from svrd.infer import accuracy_on
 from svrd.models import load_student
 from svrd.params import load_params
 from svrd.prompts import format_question
-from svrd.rationale import parse_rationale
 from svrd.sample import build_records
 from svrd.sample.families import FAMILIES
-from svrd.teach.reference import compose
+from svrd.teach.run import teach
 from svrd.tiny import build_tiny_student
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # two 2-thread workers on 2 cores thrash
@@ -51,10 +49,6 @@ def _rows():
     return rows
 
 
-def _rationale(row: dict) -> dict:
-    return {**dataclasses.asdict(parse_rationale(compose(row))), "outcome": "agreed"}
-
-
 @pytest.mark.parametrize("broken", [None, "shuffled rationales"])
 def test_distillation_answers_held_out_questions_above_chance(tmp_path, broken):
     torch.manual_seed(0)
@@ -62,13 +56,13 @@ def test_distillation_answers_held_out_questions_above_chance(tmp_path, broken):
     train_rows = [r for r in rows if r["split"] != "test"]
     held_out = [r for r in rows if r["split"] == "test"]
     assert len(train_rows) == 216 and len(held_out) == 54
-    rationales = {r["pid"]: _rationale(r) for r in train_rows}
+    params = load_params()
+    rationales = {r["pid"]: r for r in teach(train_rows, params.teach, progress=False).rows}  # the reference teacher
     if broken == "shuffled rationales":
         pids = list(rationales)
         shuffled = random.Random(0).sample(pids, len(pids))
         rationales = {pid: rationales[other] for pid, other in zip(pids, shuffled, strict=True)}
 
-    params = load_params()
     student = tmp_path / "student"
     texts = [t for r in train_rows for t in (format_question(r), r["solution"], r["caption"], r["lecture"]) if t]
     build_tiny_student(student, texts, **params.tiny.model_dump(exclude={"pretrain"}))
