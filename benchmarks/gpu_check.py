@@ -15,7 +15,7 @@ params.yaml's student.* and train.* apply (train.precision unless --precision). 
 - distill: `--steps` optimizer steps of svrd.distill.train at `--batch` on 640x480 images with
   rationale-length targets; peak GPU memory, tokens/s, seconds per step, and how long the
   processor takes to prepare one batch on the CPU (the data loader runs in the training process);
-- generate: one batch of `--gen-batch` prompts through svrd.infer's encode and greedy decoding,
+- generate: one batch of `--gen-batch` prompts through svrd.infer's encoding and greedy decoding,
   `--new-tokens` forced (min = max), in the inference dtype (as the infer stage loads it).
 """
 
@@ -189,7 +189,8 @@ def check_model(name: str, spec: dict, args, work: Path) -> dict:
 
     from svrd.distill import train
     from svrd.examples import Collator, encode_training, tokenizer_of
-    from svrd.infer import encode_batch, generate_ids
+    from svrd.infer.encoding import encode_batch
+    from svrd.infer.generation import generate_ids
     from svrd.models import load_student, pick_device, pick_dtype
     from svrd.params import load_params
 

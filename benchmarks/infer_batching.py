@@ -1,4 +1,4 @@
-"""Throughput of the infer path (svrd.infer.predict) at batch size 32 against batch size 1.
+"""Throughput of the infer path (svrd.infer.predict.predict) at batch size 32 against batch size 1.
 
     .venv/bin/python benchmarks/infer_batching.py [--questions 64] [--tokens 32] [--real-questions 16]
 
@@ -8,7 +8,9 @@
 2. Real outputs: the distilled student (data/distill/model, when the pipeline has made it) on
    the test split, stopping at EOS as the infer stage does.
 Both report questions/s, generated tokens/s, the ratio, and whether batched outputs equal
-unbatched ones. Then the arithmetic for the paper's run on one GPU.
+unbatched ones; batch 32 runs twice: as the infer stage decodes (finished rows leave the batch,
+svrd.infer.generation.decode_pruned) and as a static batch through model.generate, which decodes
+until the batch's longest answer ends. Then the arithmetic for the paper's run on one GPU.
 """
 
 from __future__ import annotations
@@ -25,29 +27,44 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def _run(model, processor, rows, batch_size: int, max_new_tokens: int, min_new_tokens: int) -> tuple[list[dict], float]:
-    from svrd.infer import examples_from_rows, predict
+def _run(model, processor, rows, batch_size: int, max_new_tokens: int, min_new_tokens: int,
+         prune: bool = True) -> tuple[list[dict], float]:
+    import functools
 
-    t0 = time.perf_counter()
-    out = predict(model, processor, examples_from_rows(rows), {r["pid"]: r["choices"] for r in rows}, "bench",
-                  batch_size=batch_size, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, progress=False)
-    return out, time.perf_counter() - t0
+    import svrd.infer.generate as generate
+    from svrd.infer.encoding import examples_from_rows
+    from svrd.infer.generation import generate_ids
+    from svrd.infer.predict import predict
+
+    # prune=False: the batch decodes through model.generate until its longest answer ends (the path
+    # before svrd.infer.generation.decode_pruned), for the comparison only.
+    generate.generate_ids = functools.partial(generate_ids, prune=prune)
+    try:
+        t0 = time.perf_counter()
+        out = predict(model, processor, examples_from_rows(rows), {r["pid"]: r["choices"] for r in rows}, "bench",
+                      batch_size=batch_size, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
+                      progress=False)
+        return out, time.perf_counter() - t0
+    finally:
+        generate.generate_ids = generate_ids
 
 
 def compare(label: str, model, processor, rows, max_new_tokens: int, min_new_tokens: int) -> None:
     # Warm-up (first-call allocations and lazy imports are not part of either measurement).
     _run(model, processor, rows[:2], 2, 2, 0)
     results = {}
-    for bs in (1, 32):
-        out, seconds = _run(model, processor, rows, bs, max_new_tokens, min_new_tokens)
+    for key, bs, prune in ((1, 1, True), (32, 32, True), ("32 static", 32, False)):
+        out, seconds = _run(model, processor, rows, bs, max_new_tokens, min_new_tokens, prune)
         tokens = sum(r["new_tokens"] for r in out)
-        results[bs] = (out, seconds, tokens)
-        print(f"  batch {bs:>2}: {len(rows)} questions, {tokens} generated tokens in {seconds:7.2f} s = "
+        results[key] = (out, seconds, tokens)
+        print(f"  batch {key!s:>9}: {len(rows)} questions, {tokens} generated tokens in {seconds:7.2f} s = "
               f"{len(rows) / seconds:7.2f} questions/s, {tokens / seconds:8.1f} tokens/s")
-    (one, s1, _), (many, s32, _) = results[1], results[32]
+    (one, s1, _), (many, s32, _), (static, s_static, _) = results[1], results[32], results["32 static"]
     same = [a["raw"] == b["raw"] and a["choice"] == b["choice"] for a, b in zip(one, many, strict=True)]
     print(f"  speed-up batch 32 / batch 1: {s1 / s32:.2f}x   batched outputs equal unbatched: "
           f"{sum(same)}/{len(same)}{'' if all(same) else ' (differ: ' + ', '.join(a['pid'] for a, ok in zip(one, same, strict=True) if not ok) + ')'}")
+    print(f"  static batch 32 (model.generate until the longest answer ends) / batch 1: {s1 / s_static:.2f}x, "
+          f"outputs equal: {all(a['raw'] == b['raw'] for a, b in zip(one, static, strict=True))}")
     print(f"  [{label}]")
 
 

@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 import torch  # noqa: E402
 from tiny_models import corpus, fake_records  # noqa: E402
 
-from svrd.infer import examples_from_rows  # noqa: E402
+from svrd.infer.encoding import examples_from_rows  # noqa: E402
 from svrd.models import load_model, load_processor, pick_device  # noqa: E402
 from svrd.params import load_params  # noqa: E402
 from svrd.prefer import sample_chains  # noqa: E402

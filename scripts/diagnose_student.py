@@ -22,7 +22,7 @@ import collections
 import torch
 
 from svrd.examples import build_examples, encode_training, tokenizer_of
-from svrd.infer import generate_batch
+from svrd.infer.generation import generate_batch
 from svrd.io import read_rows
 from svrd.models import load_model, load_processor
 from svrd.params import load_params

@@ -12,7 +12,7 @@ from dvclive import Live
 from svrd.distill import run_fingerprint, save_student, train
 from svrd.examples import build_examples
 from svrd.features import check_params
-from svrd.infer import accuracy_on
+from svrd.infer.predict import accuracy_on
 from svrd.io import read_rows, write_json
 from svrd.lora import apply_lora
 from svrd.models import freeze, image_tokens_line, load_student

@@ -5,7 +5,8 @@
 
 import sys
 
-from svrd.infer import PREDICTION_SCHEMA, run_inference
+from svrd.infer.run import run_inference
+from svrd.infer.schema import PREDICTION_SCHEMA
 from svrd.io import read_rows, write_json, write_table
 from svrd.params import load_params
 from svrd.stage import INFER_DIR, METRICS, SPLIT_DIR, run

@@ -1,5 +1,6 @@
 """score: accuracy overall, per topic and in ScienceQA's official groups for every model of
-`infer.models`, rationale quality, the Table 1 report and the plots.
+`infer.models`, rationale quality, the Table 1 report and the plots; with `score.open` set, the
+open-ended answers' Table 2 too (metrics/open.json and the report).
 
     python stages/score.py
 """
@@ -11,7 +12,7 @@ from svrd.stage import run
 
 def main() -> None:
     params = load_params()
-    for line in score_models(list(params.infer.models)):
+    for line in score_models(list(params.infer.models), params.score.open):
         print(line)
 
 

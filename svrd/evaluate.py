@@ -10,21 +10,30 @@ is reported and skipped):
   (gold against predicted letter, "none" for no answer);
 - metrics/disagreements/<model>.json: {"reasoning_vs_conclusion": [...], "likelihood_vs_text": [...]};
 - metrics/report.md: Table 1 with sizes and inference minutes (from metrics/infer/<model>.json),
-  the official breakdown, rationale quality, inference details, likelihood against text.
+  the official breakdown, rationale quality, inference details, likelihood against text;
+- metrics/open.json: with score.open set, the paper's Table 2 (svrd.open_scoring, as `svrd score-open`):
+  {name: {n, bleu, rouge1, rouge2, rougeL, bertscore_p, bertscore_r, bertscore_f1}} for each file of
+  score.open.predictions against score.open.references, and the same table at the end of the report.
+  With score.open null (the default) it is `{}` (a DVC output must exist) and the report is unchanged.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from svrd.errors import LeakageError, SvrdError
 from svrd.io import read_json, read_rows, write_json, write_text
+from svrd.open_scoring import pair_up, read_answers, score_open
+from svrd.params import OPEN_DIR, ScoreOpenParams
 from svrd.quality import rationale_quality
 from svrd.rationale import parse_rationale
 from svrd.records import LETTERS
-from svrd.report import DASH, param_count_label, render_report
+from svrd.report import DASH, OPEN_COLUMNS, param_count_label, render_open_table, render_report
 from svrd.scoring import confusion, score
 from svrd.stage import INFER_DIR, METRICS, RATIONALES, SPLIT_DIR
 
 PLOTS = METRICS / "plots"
+OPEN_METRICS = METRICS / "open.json"
 
 
 def check_not_trained_on(scored_pids: set[str]) -> None:
@@ -107,9 +116,54 @@ def _inference_section(models: list[dict]) -> str:
     return "\n".join(out) + "\n"
 
 
-def score_models(names: list[str]) -> list[str]:
+def _open_answers(param: str, path: str) -> dict[str, str]:
+    try:
+        return read_answers(path)
+    except SvrdError as exc:  # its message starts with the file; say which param named it
+        raise SvrdError(f"{param}: {exc}") from None
+
+
+def open_ended(cfg: ScoreOpenParams) -> tuple[list[dict], list[str]]:
+    """Table 2: every score.open.predictions file against score.open.references, as `svrd score-open`
+    scores them. Every file is read and checked before any metric is computed (BERTScore may take
+    minutes), so a bad file fails at once, named with its param. Returns ([{"name", "open", "file"}], printed lines)."""
+    model = cfg.bertscore_model
+    if model and Path(model).exists() and not Path(model).resolve().is_relative_to(Path(OPEN_DIR).resolve()):
+        # a Hub id is pinned by its name (a param); a local folder only by the stage's dep on data/open
+        raise SvrdError(f"score.open.bertscore_model: {model} is a local folder outside {OPEN_DIR}/, which the score "
+                        f"stage does not depend on (new weights there would not re-run it): move it under {OPEN_DIR}/")
+    references = _open_answers("score.open.references", cfg.references)
+    pairs = {}
+    for name, path in cfg.predictions.items():
+        param = f"score.open.predictions.{name}"
+        answers = _open_answers(param, path)
+        try:
+            pairs[name] = pair_up(answers, references, path, cfg.references)
+        except SvrdError as exc:
+            raise SvrdError(f"{param}: {exc}") from None
+    fix = f"set score.open.bertscore_model to a Hub id, a local folder under {OPEN_DIR}/, or null (BLEU and ROUGE only)"
+    rows, lines = [], []
+    for name, (_, hyps, refs) in pairs.items():
+        metrics = score_open(hyps, refs, bertscore_model=model, **({"num_layers": cfg.bertscore_layers, "fix": fix,
+                             "rescale_with_baseline": cfg.bertscore_rescale} if model else {}))
+        rows.append({"name": name, "open": metrics, "file": cfg.predictions[name]})
+        line = f"score-open {name}: BLEU {metrics['bleu']:.2f}, ROUGE-L {metrics['rougeL']:.2f}"
+        if "bertscore_f1" in metrics:
+            line += f", BERTScore F1 {metrics['bertscore_f1']:.2f}"
+        lines.append(line + f" over {metrics['n']} answers of {cfg.references}")
+    return rows, lines
+
+
+def _open_section(rows: list[dict], references: str) -> str:
+    files = ", ".join(f"{r['name']} = {r['file']}" for r in rows)
+    return "\n" + render_open_table(rows) + f"\nAnswers ({files}) against {references}.\n"
+
+
+def score_models(names: list[str], open_params: ScoreOpenParams | None = None) -> list[str]:
     """Score every model of `names` that has predictions (the others are reported and skipped);
-    write metrics/scores.json (model -> group -> numbers), plots, disagreements and the report."""
+    write metrics/scores.json (model -> group -> numbers), plots, disagreements and the report.
+    With `open_params` (score.open) also Table 2, in metrics/open.json and the report."""
+    open_rows, open_lines = open_ended(open_params) if open_params is not None else ([], [])
     problems = read_rows(SPLIT_DIR / "test.parquet")
     check_not_trained_on({p["pid"] for p in problems})
     by_pid = {p["pid"]: p for p in problems}
@@ -153,5 +207,11 @@ def score_models(names: list[str]) -> list[str]:
     if not models:
         raise SvrdError(f"score: no predictions for any of {names}: run the infer stages first")
     write_json(METRICS / "scores.json", all_scores)
-    write_text(METRICS / "report.md", render_report(models) + _inference_section(models))
-    return lines
+    # Numbers only, two levels (name -> metric), for `dvc metrics diff`; the encoder is named in the report.
+    write_json(OPEN_METRICS, {r["name"]: {k: r["open"][k] for k in ("n", *OPEN_COLUMNS) if k in r["open"]}
+                              for r in open_rows})
+    report = render_report(models) + _inference_section(models)
+    if open_rows:
+        report += _open_section(open_rows, open_params.references)
+    write_text(METRICS / "report.md", report)
+    return lines + open_lines

@@ -154,12 +154,13 @@ def _bertscore_layers(model: str, num_layers: int | None) -> int | None:
 
 def bertscore(hypotheses: list[str], references: list[str], model: str = DEFAULT_BERTSCORE_MODEL,
               num_layers: int | None = None, batch_size: int = 32, device: str | None = None,
-              rescale_with_baseline: bool = False) -> dict[str, Any]:
-    """Mean BERTScore precision / recall / F1 x 100, with the model and layer used."""
+              rescale_with_baseline: bool = False, fix: str | None = None) -> dict[str, Any]:
+    """Mean BERTScore precision / recall / F1 x 100, with the model and layer used. `fix`, when given,
+    replaces the error messages' advice (the CLI's flags; stage score names its params)."""
     try:
         import bert_score
     except ImportError:
-        raise SvrdError('BERTScore needs the bert-score package: pip install "svrd[open]" (or pass --no-bertscore)') from None
+        raise SvrdError(f'BERTScore needs the bert-score package: pip install "svrd[open]" ({fix or "or pass --no-bertscore"})') from None
     try:
         layers = _bertscore_layers(model, num_layers)
         with contextlib.redirect_stdout(sys.stderr):  # bert-score prints its warnings
@@ -170,8 +171,8 @@ def bertscore(hypotheses: list[str], references: list[str], model: str = DEFAULT
             )
     except (OSError, ValueError) as exc:  # no such model folder / Hub id unreachable offline
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SvrdError(f"BERTScore model {model!r} could not be loaded ({first}); pass a local folder with "
-                        "--bertscore-model, or --no-bertscore") from None
+        raise SvrdError(f"BERTScore model {model!r} could not be loaded ({first}); "
+                        f"{fix or 'pass a local folder with --bertscore-model, or --no-bertscore'}") from None
     return {
         "bertscore_p": round(100.0 * float(p.mean()), 2),
         "bertscore_r": round(100.0 * float(r.mean()), 2),

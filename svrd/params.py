@@ -18,7 +18,7 @@ import difflib
 import math
 import re
 from collections.abc import Iterator, Mapping
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
@@ -311,9 +311,9 @@ class InferBeamOpenAIParams(_Section):
     max_retries: NonNegInt
 
 
-class InferBeamParams(_Section):  # infer.mode stage_beam (svrd.stage_beam)
+class InferBeamParams(_Section):  # infer.mode stage_beam (svrd.infer.stage_beam)
     candidates: PosInt  # sampled per stage per question
-    judge: Literal["likelihood", "self", "openai"]  # svrd.stage_beam.JUDGES
+    judge: Literal["likelihood", "self", "openai"]  # svrd.infer.beam_judges.JUDGES
     temperature: PosFloat
     openai: InferBeamOpenAIParams  # judge: openai only
 
@@ -330,12 +330,12 @@ class InferParams(_Section):
     models: Annotated[dict[Name, InferModelParams], Field(min_length=1)]
     batch_size: PosInt
     max_new_tokens: PosInt
-    mode: Literal["generate", "likelihood", "self_consistency", "stage_beam"]  # svrd.infer.MODES
-    likelihood_answer: Literal["letter", "letter_text", "text"]  # svrd.infer.LIKELIHOOD_ANSWERS
+    mode: Literal["generate", "likelihood", "self_consistency", "stage_beam"]  # svrd.infer.predict.MODES
+    likelihood_answer: Literal["letter", "letter_text", "text"]  # svrd.infer.likelihood.LIKELIHOOD_ANSWERS
     samples: PosInt  # self_consistency: sampled chains per question (the votes)
     temperature: PosFloat  # self_consistency: sampling temperature (0 would be greedy: identical chains)
     seed: Seed  # self_consistency: sampling seed (with the batch's pids)
-    engine: Literal["hf", "vllm"]  # vllm: GPU only, generate mode only (svrd.vllm_engine)
+    engine: Literal["hf", "vllm"]  # vllm: GPU only, generate mode only (svrd.infer.vllm_engine)
     beam: InferBeamParams  # stage_beam only
 
     @model_validator(mode="after")
@@ -343,6 +343,36 @@ class InferParams(_Section):
         if self.engine == "vllm" and self.mode != "generate":
             raise ValueError(f"infer.engine: vllm decodes greedily only; infer.mode {self.mode!r} needs engine hf")
         return self
+
+
+# Stage score reads Table 2's files only from this folder, which dvc.yaml lists as one of its deps: DVC
+# cannot take a dep from a param that may be null, so a fixed folder is what makes an edited answers file
+# re-run score (tests/test_open_stage.py checks dvc.yaml lists it).
+OPEN_DIR = "data/open"
+
+
+def _under_open_dir(value: str) -> str:
+    parts = PurePosixPath(value).parts
+    if value.startswith("/") or "\\" in value or ".." in parts or len(parts) < 3 or "/".join(parts[:2]) != OPEN_DIR:
+        raise ValueError(f"must be a file under {OPEN_DIR}/, the folder the score stage depends on (got {value!r})")
+    return "/".join(parts)
+
+
+OpenFile = Annotated[Text, AfterValidator(_under_open_dir)]
+
+
+class ScoreOpenParams(_Section):
+    """Table 2 in stage score: free-form answers scored as `svrd score-open` does (svrd.open_scoring)."""
+
+    references: OpenFile
+    predictions: Annotated[dict[Name, OpenFile], Field(min_length=1)]  # one Table 2 row per entry
+    bertscore_model: Text | None  # Hub id or local folder (under data/open/); None: BLEU and ROUGE only
+    bertscore_layers: PosInt | None  # None: bert-score's tuned layer for a model it knows, else the last
+    bertscore_rescale: StrictBool  # bert-score's English baseline rescaling
+
+
+class ScoreParams(_Section):
+    open: ScoreOpenParams | None  # None: no Table 2 (the default)
 
 
 class Params(_Section):
@@ -355,6 +385,7 @@ class Params(_Section):
     train: TrainParams
     prefer: PreferParams
     infer: InferParams
+    score: ScoreParams
 
     @model_validator(mode="after")
     def _model_refs(self) -> Params:
@@ -433,6 +464,9 @@ def _field_names(model: type[BaseModel]) -> list[str]:
 
 
 def _submodel(annotation: Any) -> type[BaseModel] | None:
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    if len(args) == 1 and type(None) in get_args(annotation):  # `Section | None` (score.open) names Section
+        annotation = args[0]
     return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
 
 

@@ -44,7 +44,9 @@ from tqdm import tqdm
 from svrd.answers import extract_choice
 from svrd.examples import Example, messages_for, tokenizer_of
 from svrd.images import open_png
-from svrd.infer import encode_batch, eos_ids, examples_from_rows, load_partial, prompt_length
+from svrd.infer.encoding import examples_from_rows, prompt_length
+from svrd.infer.resume import load_partial
+from svrd.infer.sampling import sample_batch
 from svrd.io import atomic_dir, write_table
 
 log = logging.getLogger(__name__)
@@ -65,51 +67,6 @@ SAMPLING_KEYS = ("samples", "temperature", "top_p", "max_new_tokens", "seed", "p
 
 
 # ------------------------------------------------------------------------------ sampling
-
-def _to_device(model, inputs):
-    inputs = inputs.to(model.device)
-    if "pixel_values" in inputs:
-        inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
-    return inputs
-
-
-def batch_seed(seed: int, pids: list[str]) -> int:
-    """A stable seed per batch (not Python's salted hash)."""
-    digest = hashlib.sha256(f"{seed}:{','.join(pids)}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") % (2**63)
-
-
-@torch.inference_mode()
-def sample_batch(model, processor, examples: list[Example], k: int, temperature: float, top_p: float,
-                 max_new_tokens: int, seed: int = 0, min_new_tokens: int = 0) -> list[list[dict]]:
-    """`k` sampled chains for each example, in one `generate()` call (num_return_sequences=k).
-
-    Each chain: {"text": the decoded new tokens (special tokens removed), "new_tokens": count,
-    "finished": whether it ended with EOS rather than at `max_new_tokens`}.
-    """
-    tok = tokenizer_of(processor)
-    inputs = _to_device(model, encode_batch(processor, examples))
-    torch.manual_seed(batch_seed(seed, [ex.pid for ex in examples]))
-    extra = {"min_new_tokens": min_new_tokens} if min_new_tokens else {}
-    eos = eos_ids(model, tok)
-    out = model.generate(
-        **inputs, do_sample=True, temperature=temperature, top_p=top_p, top_k=0, num_return_sequences=k,
-        max_new_tokens=max_new_tokens, num_beams=1, pad_token_id=tok.pad_token_id, eos_token_id=eos,
-        **extra,
-    )
-    new = out[:, inputs["input_ids"].shape[1]:]
-    stop = {*eos, *([tok.pad_token_id] if tok.pad_token_id is not None else [])}
-    chains: list[list[dict]] = [[] for _ in examples]
-    for row_index, row in enumerate(new.tolist()):
-        ids, finished = row, False
-        for j, token in enumerate(row):
-            if token in stop:
-                ids, finished = row[:j], True
-                break
-        chains[row_index // k].append(
-            {"text": tok.decode(ids, skip_special_tokens=True), "new_tokens": len(ids), "finished": finished})
-    return chains
-
 
 def sample_chains(model, processor, examples: list[Example], k: int, temperature: float, top_p: float,
                   max_new_tokens: int, batch_size: int, seed: int = 0, done: dict[str, list[dict]] | None = None,
@@ -157,7 +114,7 @@ def sampling_fingerprint(model_path: str | Path, cfg) -> str:
 
 def load_chains(path: Path) -> dict[str, list[dict]]:
     """pid -> chains of a chains log. A last line cut by a kill is dropped and cut off the file, and
-    so are the lines of a batch that the kill left incomplete (svrd.infer.load_partial): a batch's
+    so are the lines of a batch that the kill left incomplete (svrd.infer.resume.load_partial): a batch's
     chains are drawn together, seeded by its pids, so it is sampled again whole."""
     return {pid: row["chains"] for pid, row in load_partial(path).items()}
 
@@ -273,7 +230,7 @@ def select_pairs(judged_by_pid: dict[str, list[dict]], min_correct: float, max_c
 # ------------------------------------------------------------------------------ DPO
 
 def chat_prompt(processor, example: Example) -> str:
-    """The prompt text exactly as svrd.examples.encode_prompt / svrd.infer.encode_batch build it."""
+    """The prompt text exactly as svrd.examples.encode_prompt / svrd.infer.encoding.encode_batch build it."""
     return processor.apply_chat_template(messages_for(example.prompt, example.image is not None),
                                          add_generation_prompt=True, tokenize=False)
 
@@ -306,7 +263,7 @@ def frozen_copy(model):
 
 class PromptsAsEncoded:
     """The processor as TRL's vision DPO collator should see it: prompts tokenized with the processor's
-    default special tokens, as distill (svrd.examples.encode_prompt) and infer (encode_batch) encode them.
+    default special tokens, as distill (svrd.examples.encode_prompt) and infer (svrd.infer.encoding.encode_batch) encode them.
 
     TRL passes add_special_tokens=False to every processor call (it assumes the chat template wrote the
     BOS); for a tokenizer that adds one (Llama-based students) DPO would train on prompts without the BOS

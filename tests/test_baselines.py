@@ -7,7 +7,7 @@ latent queries) and the real prompt format (LLaVA-NeXT: the processor's chat tem
 KOSMOS-2: svrd.baselines.kosmos2's grounded question-answer prompt), with narrow random layers and a
 small BPE tokenizer trained here. Nothing is downloaded. (ViLT, a classifier: tests/test_vilt.py.)
 
-Each family runs through svrd.infer.run_inference (what stages/infer.py runs) and its predictions
+Each family runs through svrd.infer.run.run_inference (what stages/infer.py runs) and its predictions
 through svrd.evaluate.score_models (what stages/score.py runs). So that the scored numbers can be
 checked, the saved generation config scripts the greedy output (a sequence bias, applied by
 `generate` on top of the model's own logits): every question gets the same answer, and the
@@ -226,7 +226,7 @@ def test_grounding_strip_agrees_with_the_processor_on_its_own_markup():
 
 def test_kosmos2_prompt_is_the_grounded_question_answer_format(built):
     from svrd.examples import encode_prompt
-    from svrd.infer import examples_from_rows
+    from svrd.infer.encoding import examples_from_rows
     from svrd.models import count_image_tokens, load_model, load_processor
 
     folder = built["kosmos2"]["plain"]
@@ -275,7 +275,7 @@ def test_a_question_gets_the_same_logits_in_any_batch(built, family):
     """Left padding and (LLaVA-NeXT) different tile counts in one batch change nothing: the first
     three steps' logits of each question in a batch of 3 equal those of the question alone (KOSMOS-2
     needs svrd.baselines.kosmos2's decoding-position fix for that; without it they differ)."""
-    from svrd.infer import encode_batch, examples_from_rows
+    from svrd.infer.encoding import encode_batch, examples_from_rows
     from svrd.models import load_model, load_processor
 
     folder = str(built[family]["plain"])
@@ -311,7 +311,8 @@ def _write_split(root: Path, rows: list[dict]) -> None:
 def test_baseline_runs_through_the_infer_stage_and_is_scored(built, family, tmp_path, monkeypatch):
     from svrd.answers import extract_choice
     from svrd.evaluate import score_models
-    from svrd.infer import PREDICTION_SCHEMA, run_inference
+    from svrd.infer.run import run_inference
+    from svrd.infer.schema import PREDICTION_SCHEMA
     from svrd.io import read_rows, write_json, write_table
     from svrd.params import load_params
     from svrd.stage import INFER_DIR, METRICS, SPLIT_DIR

@@ -11,7 +11,7 @@ import pytest
 
 from svrd.errors import LeakageError, SvrdError
 from svrd.evaluate import likelihood_agreement, score_models
-from svrd.infer import PREDICTION_SCHEMA
+from svrd.infer.schema import PREDICTION_SCHEMA
 
 TOPICS = ["geography", "physics", "biology"]
 

@@ -1,4 +1,4 @@
-"""svrd.infer on a tiny LLaVA built here: batched = unbatched, likelihood answering, resume after SIGKILL."""
+"""svrd.infer (the package) on a tiny LLaVA built here: batched = unbatched, likelihood answering, resume after SIGKILL."""
 
 from __future__ import annotations
 
@@ -17,17 +17,12 @@ import pytest
 from tiny_models import varied_sample_student
 
 from svrd.examples import tokenizer_of
-from svrd.infer import (
-    CONCLUSION_TAG,
-    PREDICTION_SCHEMA,
-    continuation_ids,
-    examples_from_rows,
-    load_partial,
-    option_continuation,
-    predict,
-    rationale_prefix,
-    run_inference,
-)
+from svrd.infer.encoding import examples_from_rows
+from svrd.infer.likelihood import CONCLUSION_TAG, continuation_ids, option_continuation, rationale_prefix
+from svrd.infer.predict import predict
+from svrd.infer.resume import load_partial
+from svrd.infer.run import run_inference
+from svrd.infer.schema import PREDICTION_SCHEMA
 
 REPO = Path(__file__).resolve().parents[1]
 COMPARED = ("pid", "model", "mode", "raw", "choice", "choice_text", "new_tokens")
@@ -66,6 +61,39 @@ def test_batch_8_equals_batch_1_greedy_fp32(tiny):
     pa.Table.from_pylist(batched, schema=PREDICTION_SCHEMA)  # rows fit the table's schema
 
 
+def test_pruned_decoding_equals_batch_1_greedy_on_a_mixed_length_batch(tiny):
+    """Rows leave the batch as they end (svrd.infer.generation.decode_pruned): every row still gets
+    exactly what it gets alone through `generate`. Tokens the greedy outputs write are made extra stops,
+    chosen so that rows end at several different steps (a random model rarely writes EOS); the rows
+    that go on write different tokens, so keeping a wrong row's cache would show."""
+    from svrd.infer.encoding import encode_batch, to_device
+    from svrd.infer.generation import decode_pruned, eos_ids, generate_ids, prunable, stop_ids
+
+    model, processor = tiny["model"], tiny["processor"]
+    examples = examples_from_rows(tiny["rows"][:8])
+    tok = tokenizer_of(processor)
+    eos = eos_ids(model, tok)
+    inputs = to_device(model, encode_batch(processor, examples))
+    assert prunable(model, inputs) and len(set(inputs["attention_mask"].sum(-1).tolist())) > 1  # left padding
+    alone = [generate_ids(model, processor, to_device(model, encode_batch(processor, [ex])), 12, prune=False)[0]
+             for ex in examples]
+
+    def ends(stops: set[int]) -> list[int]:  # where each row's output stops with `stops` as extra stop tokens
+        return [next((k for k, t in enumerate(a) if t in stops), len(a)) for a in alone]
+
+    stops: set[int] = set()
+    for token in sorted({t for a in alone for t in a}):
+        if len(set(ends(stops | {token}))) > len(set(ends(stops))):
+            stops.add(token)
+    assert len(set(ends(stops))) >= 3  # rows end at several different steps
+    expected = [a[:k] for a, k in zip(alone, ends(stops), strict=True)]
+    assert decode_pruned(model, inputs, 12, 0, eos, stop_ids(tok, eos) | stops) == expected
+    # What predict runs (pruning on) against static batched generate and batch 1; fixed length too.
+    assert generate_ids(model, processor, inputs, 12) == generate_ids(model, processor, inputs, 12, prune=False) == alone
+    fixed = generate_ids(model, processor, inputs, 6, min_new_tokens=6)
+    assert fixed == generate_ids(model, processor, inputs, 6, min_new_tokens=6, prune=False)
+
+
 def test_likelihood_batch_8_equals_batch_1_and_is_never_unparseable(tiny):
     rows = tiny["rows"][8:14]
     batched = _predict(tiny, rows, 8, max_new_tokens=4, mode="likelihood")
@@ -84,13 +112,14 @@ def test_likelihood_batch_8_equals_batch_1_and_is_never_unparseable(tiny):
 def test_generate_mode_choice_is_the_text_choice(tiny, monkeypatch):
     """The choice of a generated output is the option its text names (read by hand here: the
     generator is replaced by known outputs), and `choice_text` holds the same in generate mode."""
-    import svrd.infer as infer
+    import svrd.infer.generate as generate
+    import svrd.infer.predict as infer
 
     rows = tiny["rows"][:4]
     tok = tokenizer_of(tiny["processor"])
     last = rows[3]["choices"][-1]
     outputs = ["<CONCLUSION> B </CONCLUSION>", "(A)", "I cannot tell.", f"<CONCLUSION> {last} </CONCLUSION>"]
-    monkeypatch.setattr(infer, "generate_ids", lambda *a, **k: [tok(t, add_special_tokens=False)["input_ids"]
+    monkeypatch.setattr(generate, "generate_ids", lambda *a, **k: [tok(t, add_special_tokens=False)["input_ids"]
                                                                 for t in outputs])
     got = infer.answer_batch(tiny["model"], tiny["processor"], examples_from_rows(rows), [r["choices"] for r in rows], 4)
     assert [r["raw"] for r in got] == outputs
@@ -143,7 +172,8 @@ def test_load_partial_drops_and_cuts_a_line_cut_by_a_kill(tmp_path):
 
 CHILD = textwrap.dedent("""
     import json, os, sys, time
-    import svrd.infer as infer
+    import svrd.infer.predict as infer
+    import svrd.infer.run as run
     from svrd.io import read_rows
     from svrd.params import load_params
 
@@ -154,14 +184,14 @@ CHILD = textwrap.dedent("""
         return out
     infer.answer_batch = slow
     params = load_params().with_overrides(json.loads(sys.argv[1]))
-    rows, stats = infer.run_inference(params, "base", read_rows(sys.argv[2]))
+    rows, stats = run.run_inference(params, "base", read_rows(sys.argv[2]))
     print("FINISHED", stats["questions"])
 """)
 
 
 @pytest.mark.parametrize("kill_after", [2, 4, 6])  # rows persisted when the kill lands: several points
 def test_infer_resumes_after_sigkill(tiny, tmp_path, monkeypatch, kill_after):
-    import svrd.infer as infer
+    import svrd.infer.predict as infer
     from svrd.io import read_rows
     from svrd.params import load_params
 

@@ -24,7 +24,7 @@ import torch
 
 from svrd.distill import train
 from svrd.examples import build_examples
-from svrd.infer import accuracy_on
+from svrd.infer.predict import accuracy_on
 from svrd.models import load_student
 from svrd.params import load_params
 from svrd.prompts import format_question

@@ -151,7 +151,7 @@ def _plain_continuation_logprob(model, prompt: list[int], image_inputs: dict, pr
 
 
 def _encoded(student):
-    from svrd.infer import encode_batch, examples_from_rows
+    from svrd.infer.encoding import encode_batch, examples_from_rows
 
     model, processor, records = student
     inputs = encode_batch(processor, examples_from_rows(records))
@@ -163,7 +163,7 @@ def _encoded(student):
 def test_continuation_scores_equal_a_plain_forward_pass(student):
     """score_continuations (left-padded batch, kept logits, gather) against the oracle, on prompts,
     prefixes and continuations of different lengths, rows with fewer continuations included."""
-    from svrd.infer import score_continuations
+    from svrd.infer.logprobs import score_continuations
 
     model, processor, _ = student
     inputs, prompts, extra = _encoded(student)
@@ -183,7 +183,7 @@ def test_continuation_scores_equal_a_plain_forward_pass(student):
 
 class _NoGenerateRule:
     """The student without `_prepare_position_ids_for_generation` (a family that generate does not
-    prepare positions for): _position_ids falls back to its own rule from the attention mask."""
+    prepare positions for): position_ids falls back to its own rule from the attention mask."""
 
     def __init__(self, inner):
         self.inner = inner
@@ -197,7 +197,7 @@ class _NoGenerateRule:
 
 def test_left_padded_scores_equal_unpadded_ones_with_the_fallback_position_rule(student):
     """Each row of the left-padded batch against the oracle's unpadded pass of that row alone."""
-    from svrd.infer import score_continuations
+    from svrd.infer.logprobs import score_continuations
 
     model, processor, _ = student
     inputs, prompts, extra = _encoded(student)
@@ -215,7 +215,7 @@ def test_position_ids_from_the_mask_or_the_familys_own_rule():
     """Hand-written positions for a left-padded mask: 0 on padding, then 0, 1, 2, ... per row."""
     import torch
 
-    from svrd.infer import _position_ids
+    from svrd.infer.logprobs import position_ids
 
     ids = torch.tensor([[0, 0, 7, 8, 9], [5, 6, 7, 8, 9]])
     mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
@@ -238,10 +238,10 @@ def test_position_ids_from_the_mask_or_the_familys_own_rule():
             raise TypeError("an override that takes other arguments")
 
     plain = [[0, 0, 0, 1, 2], [0, 1, 2, 3, 4]]
-    assert _position_ids(Plain(), ids, mask, {}).tolist() == plain
-    assert _position_ids(BrokenRule(), ids, mask, {}).tolist() == plain
-    assert _position_ids(NoPositions(), ids, mask, {}) is None
-    assert _position_ids(OwnRule(), ids, mask, {"rope_offset": 3}).tolist() == [[3, 3, 13, 13, 13], [13] * 5]
+    assert position_ids(Plain(), ids, mask, {}).tolist() == plain
+    assert position_ids(BrokenRule(), ids, mask, {}).tolist() == plain
+    assert position_ids(NoPositions(), ids, mask, {}) is None
+    assert position_ids(OwnRule(), ids, mask, {"rope_offset": 3}).tolist() == [[3, 3, 13, 13, 13], [13] * 5]
 
 
 @pytest.mark.parametrize("style", ["letter", "letter_text", "text"])
@@ -250,7 +250,10 @@ def test_likelihood_answering_picks_the_option_the_oracle_scores_highest(student
     (none is written in 4 tokens), then each option as the conclusion the student was trained to
     write; every option's score and the pick against the oracle."""
     from svrd.examples import tokenizer_of
-    from svrd.infer import CONCLUSION_TAG, answer_batch, examples_from_rows, generate_ids
+    from svrd.infer.encoding import examples_from_rows
+    from svrd.infer.generation import generate_ids
+    from svrd.infer.likelihood import CONCLUSION_TAG
+    from svrd.infer.predict import answer_batch
 
     model, processor, records = student
     inputs, prompts, extra = _encoded(student)
@@ -275,7 +278,7 @@ def test_likelihood_answering_picks_the_option_the_oracle_scores_highest(student
 
 def test_rationale_prefix_ends_at_the_first_conclusion_tag_spaced_or_not(student):
     from svrd.examples import tokenizer_of
-    from svrd.infer import CONCLUSION_TAG, rationale_prefix
+    from svrd.infer.likelihood import CONCLUSION_TAG, rationale_prefix
 
     tok = tokenizer_of(student[1])
     for written, before in [("red < CONCLUSION > B </CONCLUSION>", "red < CONCLUSION >"),
@@ -350,7 +353,7 @@ class _CharTokenizer:
 
 
 def test_continuation_ids_without_special_tokens_and_when_the_tag_merges():
-    from svrd.infer import continuation_ids
+    from svrd.infer.likelihood import continuation_ids
 
     tok = _CharTokenizer()
     # the tag alone is [500]; "<CONCLUSION> B" merges into [777, 966]: the continuation is then
@@ -377,7 +380,7 @@ class _PrefixSpaceTokenizer:
 
 
 def test_continuation_ids_are_the_tokens_after_the_tag_in_running_text():
-    from svrd.infer import continuation_ids
+    from svrd.infer.likelihood import continuation_ids
 
     tok = _PrefixSpaceTokenizer()
     assert continuation_ids(tok, " B") == [32, 66]  # not [2000, 66]: the space follows the tag
@@ -385,7 +388,7 @@ def test_continuation_ids_are_the_tokens_after_the_tag_in_running_text():
 
 
 def test_rationale_prefix_keeps_the_tag_token_and_appends_it_without_bos():
-    from svrd.infer import rationale_prefix
+    from svrd.infer.likelihood import rationale_prefix
 
     tok = _CharTokenizer()
     assert rationale_prefix(tok, [500, ord("B")]) == [500]  # the special tag token itself opens it
@@ -395,7 +398,7 @@ def test_rationale_prefix_keeps_the_tag_token_and_appends_it_without_bos():
 
 def test_option_continuation_collapses_whitespace_and_other_tags_do_not_open_the_conclusion(student):
     from svrd.examples import tokenizer_of
-    from svrd.infer import CONCLUSION_TAG, option_continuation, rationale_prefix
+    from svrd.infer.likelihood import CONCLUSION_TAG, option_continuation, rationale_prefix
 
     assert option_continuation(1, ["attract", "West \n Virginia"], "text") == " West Virginia </CONCLUSION>"
     assert option_continuation(1, ["attract", "West  Virginia"], "letter_text") == " B. West Virginia </CONCLUSION>"

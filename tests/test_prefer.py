@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from svrd.examples import build_target
-from svrd.infer import examples_from_rows
+from svrd.infer.encoding import examples_from_rows
 from svrd.io import write_table
 from svrd.models import freeze, load_model, load_processor, vision_encoder
 from svrd.params import load_params
@@ -435,7 +435,7 @@ def test_dpo_trains_on_the_prompt_distill_and_infer_encode(tmp_path, records):
     trainer's own dataloader gives them) are the ids distill trains on and infer generates from, BOS
     included; and the chosen sequence is token for token what distill would train on for that target."""
     from svrd.examples import encode_prompt, encode_training, tokenizer_of
-    from svrd.infer import encode_batch
+    from svrd.infer.encoding import encode_batch
     from svrd.prefer import dpo_trainer
 
     student = tmp_path / "bos-student"

@@ -17,7 +17,7 @@ from tiny_models import corpus, fake_rationales, fake_records
 from svrd.distill import train
 from svrd.examples import build_examples, encode_prompt
 from svrd.images import png_bytes
-from svrd.infer import predict
+from svrd.infer.predict import predict
 from svrd.models import apply_image_tokens, freeze, load_model, load_processor
 from svrd.params import load_params
 

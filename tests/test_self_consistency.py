@@ -11,10 +11,18 @@ import pytest
 import torch
 from tiny_models import varied_sample_student
 
-import svrd.infer as infer
-import svrd.prefer as prefer
+import svrd.infer.generate as generate
+import svrd.infer.generation as generation
+import svrd.infer.predict as infer
+import svrd.infer.self_consistency as self_consistency
 from svrd.answers import extract_choice
-from svrd.infer import PREDICTION_SCHEMA, examples_from_rows, majority_vote, predict, self_consistency_stats
+from svrd.examples import Example
+from svrd.infer.encoding import examples_from_rows
+from svrd.infer.predict import predict
+from svrd.infer.resume import load_partial
+from svrd.infer.run import run_inference
+from svrd.infer.schema import PREDICTION_SCHEMA
+from svrd.infer.self_consistency import majority_vote, self_consistency_stats
 
 torch.set_num_threads(1)
 
@@ -69,17 +77,17 @@ CHOICES = ["attract", "repel", "neither"]
 
 def _answer_with_chains(monkeypatch, greedy: str, sampled: list[str]) -> dict:
     """answer_batch in self_consistency mode with the greedy output and the sampled chains given."""
-    monkeypatch.setattr(infer, "encode_batch", lambda processor, examples: {"input_ids": torch.zeros((1, 1))})
-    monkeypatch.setattr(infer, "_to_device", lambda model, inputs: inputs)
-    monkeypatch.setattr(infer, "generate_ids", lambda *a, **k: [[1, 2]])
-    monkeypatch.setattr(infer, "tokenizer_of", lambda processor: type("T", (), {"decode": lambda self, i, **k: greedy})())
+    monkeypatch.setattr(generate, "encode_batch", lambda processor, examples: {"input_ids": torch.zeros((1, 1))})
+    monkeypatch.setattr(generate, "to_device", lambda model, inputs: inputs)
+    monkeypatch.setattr(generate, "generate_ids", lambda *a, **k: [[1, 2]])
+    monkeypatch.setattr(generation, "tokenizer_of", lambda processor: type("T", (), {"decode": lambda self, i, **k: greedy})())
 
     def fake_sample(model, processor, examples, k, temperature, top_p, max_new_tokens, seed=0, min_new_tokens=0):
         assert k == len(sampled)
         return [[{"text": t, "new_tokens": 3, "finished": True} for t in sampled]]
 
-    monkeypatch.setattr(prefer, "sample_batch", fake_sample)
-    [row] = infer.answer_batch(None, None, [infer.Example("p", None, "q")], [CHOICES], 8, mode="self_consistency",
+    monkeypatch.setattr(self_consistency, "sample_batch", fake_sample)
+    [row] = infer.answer_batch(None, None, [Example("p", None, "q")], [CHOICES], 8, mode="self_consistency",
                                samples=len(sampled))
     return row
 
@@ -175,18 +183,18 @@ def test_run_inference_resumes_self_consistency(tiny, tmp_path, monkeypatch):
 
     monkeypatch.setattr(infer, "answer_batch", dies_on_second_batch)
     with pytest.raises(KeyboardInterrupt):
-        infer.run_inference(params, "base", test_rows)
+        run_inference(params, "base", test_rows)
     monkeypatch.setattr(infer, "answer_batch", real)
     [partial] = (tmp_path / "cache" / "infer").glob("base-*.jsonl")
-    assert len(infer.load_partial(partial)) == 3
+    assert len(load_partial(partial)) == 3
 
-    resumed, stats = infer.run_inference(params, "base", test_rows)
+    resumed, stats = run_inference(params, "base", test_rows)
     assert stats["resumed"] == 3 and stats["questions"] == 6 and not partial.exists()
     assert {"ties", "ties_unresolved", "no_vote", "mean_agreement"} <= set(stats) and stats["samples"] == 3
     assert all("tied" not in r for r in resumed)
     pa.Table.from_pylist(resumed, schema=PREDICTION_SCHEMA)
 
-    clean, _ = infer.run_inference(params, "base", test_rows)
+    clean, _ = run_inference(params, "base", test_rows)
     keys = ("pid", "raw", "choice", "choice_text", "votes", "new_tokens")
     assert [[r[k] for k in keys] for r in resumed] == [[r[k] for k in keys] for r in clean]
 

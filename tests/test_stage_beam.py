@@ -1,4 +1,4 @@
-"""svrd.stage_beam (infer.mode=stage_beam) on tiny LLaVA students: scripted-judge oracles, the
+"""svrd.infer.stage_beam (infer.mode=stage_beam) on tiny LLaVA students: scripted-judge oracles, the
 likelihood and self judges against hand-computed forward passes, determinism, run_inference + resume."""
 
 from __future__ import annotations
@@ -12,9 +12,11 @@ import pytest
 import torch
 from tiny_models import varied_sample_student
 
-from svrd import stage_beam as sb
 from svrd.examples import Example, tokenizer_of
-from svrd.infer import PREDICTION_SCHEMA, encode_batch, examples_from_rows
+from svrd.infer import beam_judges as bj
+from svrd.infer import stage_beam as sb
+from svrd.infer.encoding import encode_batch, examples_from_rows
+from svrd.infer.schema import PREDICTION_SCHEMA
 from svrd.models import load_model, load_processor
 from svrd.params import ParamsError, load_params
 
@@ -60,18 +62,18 @@ class IndexJudge:
     PICKS = {"summary": 2, "caption": 0, "reasoning": 1, "conclusion": 2}
 
     def __init__(self):
-        self.seen: list[sb.Choice] = []
+        self.seen: list[bj.Choice] = []
 
     def pick(self, choices):
         self.seen.extend(choices)
         return [self.PICKS[c.stage] for c in choices]
 
 
-class ShortestJudge(sb.PairwiseJudge):
+class ShortestJudge(bj.PairwiseJudge):
     """Pairwise: the shorter text wins; equal lengths are left undecided (the tie rule decides)."""
 
     def __init__(self):
-        self.seen: list[sb.Choice] = []
+        self.seen: list[bj.Choice] = []
 
     def compare(self, pairs):
         self.seen.extend(c for c, _, _ in pairs if c not in self.seen)
@@ -120,12 +122,12 @@ def test_knockout_with_a_scripted_pairwise_judge_keeps_the_preferred_candidate(t
 
 
 def test_undecided_comparisons_go_to_a_closed_candidate_then_the_first():
-    class Undecided(sb.PairwiseJudge):
+    class Undecided(bj.PairwiseJudge):
         def compare(self, pairs):
             return [None] * len(pairs)
 
     def choice(closed):
-        return sb.Choice(Example("p", None, "q"), "summary", [], "", [[1]] * len(closed), ["x"] * len(closed), closed)
+        return bj.Choice(Example("p", None, "q"), "summary", [], "", [[1]] * len(closed), ["x"] * len(closed), closed)
 
     assert Undecided().pick([choice([False, True, False]), choice([False, False, False, False]),
                              choice([False, False, True, True])]) == [1, 0, 2]
@@ -160,9 +162,9 @@ def test_likelihood_judge_picks_the_highest_mean_logprob(tiny):
     texts = [["<CAPTION> A red square. </CAPTION>", "<CAPTION> blue </CAPTION>", "<CAPTION> Which color </CAPTION>"],
              ["\n<CAPTION> The square is green and large. </CAPTION>", "<CAPTION> </CAPTION>"]]
     prefixes = [ids("<SUMMARY> Look at the square. </SUMMARY>\n"), ids("<SUMMARY> The question asks for the color. </SUMMARY>")]
-    choices = [sb.Choice(ex, "caption", p, tok.decode(p), [ids(t) for t in ts], ts, [True] * len(ts))
+    choices = [bj.Choice(ex, "caption", p, tok.decode(p), [ids(t) for t in ts], ts, [True] * len(ts))
                for ex, p, ts in zip(tiny["examples"][:2], prefixes, texts, strict=True)]  # two rows: left padding
-    picks = sb.LikelihoodJudge(model, processor).pick(choices)
+    picks = bj.LikelihoodJudge(model, processor).pick(choices)
     for c, best in zip(choices, picks, strict=True):
         hand = [_hand_mean_logprob(model, processor, c.example, c.prefix, x) for x in c.candidates]
         assert c.scores == pytest.approx(hand, abs=1e-4)
@@ -173,7 +175,7 @@ def test_likelihood_judge_picks_the_highest_mean_logprob(tiny):
 def _four(tiny, tok):
     texts = ["<SUMMARY> a </SUMMARY>", "<SUMMARY> the color </SUMMARY>", "<SUMMARY> look </SUMMARY>",
              "<SUMMARY> square </SUMMARY>"]
-    return [sb.Choice(ex, "summary", [], "", [tok(t, add_special_tokens=False)["input_ids"] for t in texts], texts,
+    return [bj.Choice(ex, "summary", [], "", [tok(t, add_special_tokens=False)["input_ids"] for t in texts], texts,
                       [True] * 4) for ex in tiny["examples"][:2]]
 
 
@@ -184,23 +186,23 @@ def test_self_judge_reads_the_answer_from_the_logits_of_1_and_2(tiny, forced, wi
     tok = tokenizer_of(tiny["processor"])
     model = with_bias(tiny["model"], tok, {forced: 60.0})
     choices = _four(tiny, tok)
-    assert sb.SelfJudge(model, tiny["processor"], chunk=3).pick(choices) == [winner, winner]
+    assert bj.SelfJudge(model, tiny["processor"], chunk=3).pick(choices) == [winner, winner]
     assert all(c.judged == 3 and c.judge_tokens > 3 * 64 for c in choices)  # the prompts hold the image's tokens
 
 
 def test_self_judge_verdict_matches_a_forward_pass_by_hand(tiny):
     model, processor = tiny["model"], tiny["processor"]
     tok = tokenizer_of(processor)
-    judge = sb.SelfJudge(model, processor, chunk=4)
+    judge = bj.SelfJudge(model, processor, chunk=4)
     pairs = [(c, i, j) for c in _four(tiny, tok) for i, j in ((0, 1), (2, 3), (1, 2))]
     got = judge.compare(pairs)
     for (c, i, j), verdict in zip(pairs, got, strict=True):
-        inputs = encode_batch(processor, [Example(c.example.pid, c.example.image, sb.judge_prompt(c, i, j))])
+        inputs = encode_batch(processor, [Example(c.example.pid, c.example.image, bj.judge_prompt(c, i, j))])
         with torch.no_grad():
             logits = model(**inputs).logits[0, -1].float()
         one, two = (max(float(logits[t]) for t in a) for a in judge.answer_ids)
         assert verdict == (0 if one > two else 1)
-        assert f"Response 1: {c.texts[i]}" in sb.judge_prompt(c, i, j)
+        assert f"Response 1: {c.texts[i]}" in bj.judge_prompt(c, i, j)
     assert judge.answer_ids[0] == [tok.convert_tokens_to_ids("1")] or len(judge.answer_ids[0]) == 2
 
 
@@ -217,15 +219,16 @@ def test_openai_judge_through_a_fake_server(tiny):
         beam = params.with_overrides({"infer.beam.judge": "openai", "infer.beam.openai.base_url": server.base_url,
                                       "infer.beam.openai.model": "judge"}).infer.beam
         choices = _four(tiny, tok)
-        assert sb.make_judge(beam, None, None).pick(choices) == [1, 1]  # "the color" is the longest
+        assert bj.make_judge(beam, None, None).pick(choices) == [1, 1]  # "the color" is the longest
         assert len(server.requests) == 6 and all(r["images"] == 1 for r in server.requests)
-    assert [sb.read_verdict(t) for t in ("2", "Since response 1 lists 2 facts, I choose response 2.", "none")] == [1, 1, None]
+    assert [bj.read_verdict(t) for t in ("2", "Since response 1 lists 2 facts, I choose response 2.", "none")] == [1, 1, None]
     with pytest.raises(ParamsError, match="infer.beam.openai.base_url and infer.beam.openai.model"):
         params.with_overrides({"infer.beam.judge": "openai"})
 
 
 def test_run_inference_stage_beam_counts_and_resumes(tiny, tmp_path, monkeypatch):
-    import svrd.infer as infer
+    import svrd.infer.predict as infer
+    from svrd.infer.run import run_inference
     from svrd.io import read_rows
 
     table = tmp_path / "test.parquet"
@@ -234,7 +237,7 @@ def test_run_inference_stage_beam_counts_and_resumes(tiny, tmp_path, monkeypatch
         {"student.model": str(tiny["path"]), "infer.batch_size": 2, "infer.max_new_tokens": 6, "infer.mode": "stage_beam",
          "infer.beam.candidates": 2, "infer.beam.temperature": 1.5})
     monkeypatch.setenv("SVRD_CACHE_DIR", str(tmp_path / "clean"))
-    clean, stats = infer.run_inference(params, "base", read_rows(table))
+    clean, stats = run_inference(params, "base", read_rows(table))
     for row in clean:
         assert row["mode"] == "stage_beam" and row["beam_generated"] >= 2 and row["beam_judged"] >= 0
         assert "greedy_tokens" not in row and "judge_tokens" not in row
@@ -256,10 +259,10 @@ def test_run_inference_stage_beam_counts_and_resumes(tiny, tmp_path, monkeypatch
 
     monkeypatch.setattr(infer, "answer_batch", dies_second)
     with pytest.raises(RuntimeError, match="killed"):
-        infer.run_inference(params, "base", read_rows(table))
+        run_inference(params, "base", read_rows(table))
     monkeypatch.setattr(infer, "answer_batch", lambda m, p, batch, *a: answered.extend(ex.pid for ex in batch)
                         or real(m, p, batch, *a))
-    resumed, again = infer.run_inference(params, "base", read_rows(table))
+    resumed, again = run_inference(params, "base", read_rows(table))
     assert again["resumed"] == 2 and len(answered) == 4  # only the second and third batches were redone
     keys = ("pid", "raw", "choice", "choice_text", "new_tokens", "beam_generated", "beam_judged")
     assert [[r[k] for k in keys] for r in resumed] == [[r[k] for k in keys] for r in clean]

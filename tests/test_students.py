@@ -1,4 +1,4 @@
-"""Real student families through the library path: load, freeze, svrd.distill.train, svrd.infer.predict.
+"""Real student families through the library path: load, freeze, svrd.distill.train, svrd.infer.predict.predict.
 
 Each family is a tiny random model built offline (tests/tiny_models.py) and saved with
 save_pretrained, then loaded by folder exactly as a Hub id would be. Also: student.image_tokens,
@@ -15,7 +15,7 @@ from tiny_models import FAMILIES, corpus, fake_rationales, fake_records
 
 from svrd.distill import save_student, train
 from svrd.examples import build_examples, tokenizer_of
-from svrd.infer import predict
+from svrd.infer.predict import predict
 from svrd.lora import apply_lora, text_linear_names
 from svrd.models import (
     adapter_base,
@@ -231,7 +231,7 @@ def test_checkpoint_weights_come_back_on_resume(family, built, tmp_path):
 def test_base_infer_sees_the_resolution_distill_trains_at(built, data, tmp_path, monkeypatch):
     """infer's `base` entry (path: student.model) applies student.image_tokens as distill does; the
     model folder itself is left untouched."""
-    from svrd.infer import run_inference
+    from svrd.infer.run import run_inference
 
     monkeypatch.setenv("SVRD_CACHE_DIR", str(tmp_path))
     path = built["idefics3"]["path"]
@@ -289,7 +289,8 @@ def test_the_student_is_loaded_onto_the_chosen_device(built, monkeypatch):
 def test_generation_stops_at_any_of_the_models_stop_tokens(built, data):
     """A model whose generation config lists two stop tokens [EOS, b] stops at b (Llama 3's
     <|eot_id|>): the tokenizer's single EOS no longer overrides the model's list."""
-    from svrd.infer import encode_batch, eos_ids, generate_ids
+    from svrd.infer.encoding import encode_batch
+    from svrd.infer.generation import eos_ids, generate_ids
 
     path = built["idefics3"]["path"]
     model, processor = load_model(path).eval(), load_processor(path)
@@ -307,9 +308,14 @@ def test_generation_stops_at_any_of_the_models_stop_tokens(built, data):
     b = free[k]
     model.generation_config.eos_token_id = [tok.eos_token_id, b]
     assert eos_ids(model, tok) == [tok.eos_token_id, b]
-    generate, lengths = model.generate, []
-    model.generate = lambda **kw: lengths.append(len((out := generate(**kw))[0])) or out
+    steps = []  # what the infer path runs (svrd.infer.generation.decode_pruned): one forward per token
+    hook = model.register_forward_hook(lambda *a: steps.append(1))
     assert generate_ids(model, processor, inputs, max_new_tokens=8)[0] == free[:k]
+    hook.remove()
+    assert len(steps) == k + 1  # decoding itself ended at b
+    generate, lengths = model.generate, []  # and through model.generate (a model decode_pruned does not take)
+    model.generate = lambda **kw: lengths.append(len((out := generate(**kw))[0])) or out
+    assert generate_ids(model, processor, inputs, max_new_tokens=8, prune=False)[0] == free[:k]
     assert lengths == [inputs["input_ids"].shape[1] + k + 1]  # generation itself ended at b (one sequence: no padding)
     model.generation_config.eos_token_id = None  # a model that names none: the tokenizer's
     assert eos_ids(model, tok) == [tok.eos_token_id]

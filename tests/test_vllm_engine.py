@@ -1,4 +1,4 @@
-"""svrd.vllm_engine with a fake `vllm` module (vLLM needs CUDA; it is never installed here).
+"""svrd.infer.vllm_engine with a fake `vllm` module (vLLM needs CUDA; it is never installed here).
 
 The fake mimics what predict_vllm touches: `LLM(model=..., **kwargs)`, `LLM.generate(prompts,
 sampling_params, use_tqdm=...)` returning RequestOutput-like objects (`.outputs[0].text`,
@@ -19,8 +19,10 @@ from tiny_models import varied_sample_student
 from svrd.errors import SvrdError
 from svrd.examples import Example, messages_for, tokenizer_of
 from svrd.images import open_png
-from svrd.infer import PREDICTION_SCHEMA, examples_from_rows, predict
-from svrd.vllm_engine import MISSING_VLLM, predict_vllm
+from svrd.infer.encoding import examples_from_rows
+from svrd.infer.predict import predict
+from svrd.infer.schema import PREDICTION_SCHEMA
+from svrd.infer.vllm_engine import MISSING_VLLM, predict_vllm
 
 
 @dataclass
@@ -155,17 +157,18 @@ def test_fake_vllm_resume_and_chunks(tiny, monkeypatch):
 
 def test_a_fake_vllm_that_decodes_with_the_hf_model_gives_the_hf_paths_rows(tiny, monkeypatch):
     """A fake engine that decodes each request it is given with the tiny HF model (greedy, batch 1)
-    must reproduce svrd.infer.predict's rows: so the prompt and image passed carry everything."""
+    must reproduce svrd.infer.predict.predict's rows: so the prompt and image passed carry everything."""
     model, processor, rows = tiny["model"], tiny["processor"], tiny["rows"][:4]
     tok = tokenizer_of(processor)
 
     def respond(request, sampling):
-        from svrd.infer import _to_device, generate_ids
+        from svrd.infer.encoding import to_device
+        from svrd.infer.generation import generate_ids
 
         image = request.get("multi_modal_data", {}).get("image")
         kw = {"images": [image]} if image is not None else {}
         inputs = processor(text=[request["prompt"]], return_tensors="pt", **kw)
-        ids = generate_ids(model, processor, _to_device(model, inputs), sampling.kwargs["max_tokens"])[0]
+        ids = generate_ids(model, processor, to_device(model, inputs), sampling.kwargs["max_tokens"])[0]
         stopped = len(ids) < sampling.kwargs["max_tokens"]
         return Completion(tok.decode(ids, skip_special_tokens=True), ids + ([tok.eos_token_id] if stopped else []))
 
@@ -198,7 +201,8 @@ def test_a_lora_adapter_folder_is_refused(monkeypatch, tmp_path):
 
 def test_run_inference_routes_engine_vllm_to_predict_vllm_on_a_fake_vllm(tiny, monkeypatch, tmp_path):
     """run_inference with infer.engine=vllm: vLLM's rows, the usual stats, resume log removed."""
-    from svrd.infer import PREDICTION_SCHEMA, run_inference
+    from svrd.infer.run import run_inference
+    from svrd.infer.schema import PREDICTION_SCHEMA
     from svrd.params import load_params
 
     monkeypatch.setenv("SVRD_CACHE_DIR", str(tmp_path / "cache"))

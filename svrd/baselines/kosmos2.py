@@ -50,7 +50,7 @@ def adapt(model, processor, mode: str = "generate"):
     - The processor gets the grounded question-answer prompt (PROMPT_TEMPLATE) unless it has a
       chat template of its own.
     - The model's decoding positions are corrected for left padding (`_unpad_decoding_positions`).
-    - Its generation config (generation_config.json of the model folder, which svrd.infer reads
+    - Its generation config (generation_config.json of the model folder, which svrd.infer.generation reads
       the EOS from) is the one that decodes: Kosmos2ForConditionalGeneration.generate hands over to
       its text model, whose own config, made from config.json, would otherwise silently win.
     - Only generate and self_consistency modes: likelihood and stage_beam re-pad the prompt with

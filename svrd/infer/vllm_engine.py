@@ -1,10 +1,10 @@
-"""vLLM as an optional engine for the student's inference (GPU only: `pip install -e ".[vllm]"`).
+"""infer.engine=vllm: vLLM as an optional engine for the student's inference (GPU only: `pip install -e ".[vllm]"`).
 
-`predict_vllm` gives the rows `svrd.infer.predict` gives (PREDICTION_SCHEMA, `generate` mode),
+`predict_vllm` gives the rows `svrd.infer.predict.predict` gives (PREDICTION_SCHEMA, `generate` mode),
 from the same inputs by the same rules:
 
 - the same prompt: the model's own HF processor renders `messages_for(...)` with its chat
-  template (add_generation_prompt=True, tokenize=False), exactly as `svrd.infer.encode_batch`
+  template (add_generation_prompt=True, tokenize=False), exactly as `svrd.infer.encoding.encode_batch`
   does; vLLM then tokenizes that text and expands the image tokens with the same HF processor;
 - the same image: the filtered PNG bytes opened as RGB (`svrd.images.open_png`), passed as
   `multi_modal_data={"image": PIL image}`;
@@ -30,6 +30,7 @@ from svrd.answers import extract_choice
 from svrd.errors import SvrdError
 from svrd.examples import Example, messages_for, tokenizer_of
 from svrd.images import open_png
+from svrd.infer.schema import PREDICTION_SCHEMA
 
 MISSING_VLLM = ("infer.engine=vllm needs the vllm extra on a CUDA machine: pip install -e \".[vllm]\" "
                 "(after a CUDA build of torch), or use infer.engine=hf")
@@ -90,11 +91,9 @@ def predict_vllm(
 
     `engine_kwargs` go to `vllm.LLM` (tensor_parallel_size, gpu_memory_utilization, max_model_len,
     dtype, seed, ...); limit_mm_per_prompt defaults to one image. `done` / `on_batch` work as in
-    `svrd.infer.predict` (rows already made are not redone; each finished chunk is handed over).
+    `svrd.infer.predict.predict` (rows already made are not redone; each finished chunk is handed over).
     `processor` / `llm` let a caller reuse loaded ones.
     """
-    from svrd.infer import PREDICTION_SCHEMA
-
     LLM, SamplingParams = _import_vllm()
     from svrd.models import adapter_base, load_processor
 
@@ -128,7 +127,7 @@ def predict_vllm(
                           "choice_text": picked, "option_logprobs": None,
                           "new_tokens": _new_tokens(completion, stop)}
                 # Exactly the schema's columns (a column added to it later is null here), and the timing
-                # that run_inference moves to the metrics (svrd.infer.pop_seconds).
+                # that run_inference moves to the metrics (svrd.infer.run.pop_seconds).
                 rows.append({**{name: values.get(name) for name in PREDICTION_SCHEMA.names}, "seconds": per_item})
             for r in rows:
                 done[r["pid"]] = r
