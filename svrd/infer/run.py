@@ -71,19 +71,27 @@ def run_inference(params, name: str, test_rows: list[dict]) -> tuple[list[dict],
         # saved processor already carries it), so base and distilled differ only in training.
         image_tokens = apply_image_tokens(model, processor, params.student.image_tokens)["image_tokens"]
 
-    with partial_log(partial) as persist:
-        t0 = time.perf_counter()
-        rows = predict(model, processor, examples_from_rows(test_rows), {r["pid"]: r["choices"] for r in test_rows},
-                       name, opts.batch_size, opts.max_new_tokens, done=done, on_batch=persist, mode=opts.mode,
-                       likelihood_answer=opts.likelihood_answer, samples=opts.samples,
-                       temperature=opts.temperature, seed=opts.seed, beam=opts.beam)
-        wall = time.perf_counter() - t0
-    partial.unlink()
+    rows, wall = logged_run(partial, lambda persist: predict(
+        model, processor, examples_from_rows(test_rows), {r["pid"]: r["choices"] for r in test_rows}, name,
+        opts.batch_size, opts.max_new_tokens, done=done, on_batch=persist, mode=opts.mode,
+        likelihood_answer=opts.likelihood_answer, samples=opts.samples, temperature=opts.temperature, seed=opts.seed,
+        beam=opts.beam))
     stats = _timing_stats(rows, pop_seconds(rows), path, sum(p.numel() for p in model.parameters()), len(done),
                           wall, opts)
     stats["image_tokens"] = image_tokens if image_tokens is not None else count_image_tokens(processor)
     stats.update(MODES[opts.mode].run_stats(rows, opts))
     return rows, stats
+
+
+def logged_run(partial, answer) -> tuple[list[dict], float]:
+    """`answer(persist)` with each finished batch appended to the partial log `partial` (a killed run
+    resumes from it), which is removed once every row is in; returns the rows and the wall seconds."""
+    with partial_log(partial) as persist:
+        t0 = time.perf_counter()
+        rows = answer(persist)
+        wall = time.perf_counter() - t0
+    partial.unlink()
+    return rows, wall
 
 
 def pop_seconds(rows: list[dict]) -> list[float]:
@@ -127,12 +135,9 @@ def _run_vllm(path: str, name: str, test_rows: list[dict], opts, trust: bool, pa
 
     from svrd.infer.vllm_engine import predict_vllm  # vllm itself is imported only when this runs
 
-    with partial_log(partial) as persist:
-        t0 = time.perf_counter()
-        rows = predict_vllm(path, examples_from_rows(test_rows), {r["pid"]: r["choices"] for r in test_rows}, name,
-                            opts.max_new_tokens, trust, done=done, on_batch=persist)
-        wall = time.perf_counter() - t0
-    partial.unlink()
+    rows, wall = logged_run(partial, lambda persist: predict_vllm(
+        path, examples_from_rows(test_rows), {r["pid"]: r["choices"] for r in test_rows}, name, opts.max_new_tokens,
+        trust, done=done, on_batch=persist))
     # vLLM holds the weights in its own process: count them from the safetensors headers instead.
     return rows, _timing_stats(rows, pop_seconds(rows), path, parameters_on_disk(path), len(done), wall, opts)
 
@@ -143,11 +148,8 @@ def _run_vilt(path: str, name: str, test_rows: list[dict], opts, trust: bool, pa
 
     device = pick_device()
     model, processor = vilt.load(path, trust, pick_dtype("auto", device), device)
-    with partial_log(partial) as persist:
-        t0 = time.perf_counter()
-        rows = vilt.predict_vilt(model, processor, test_rows, name, opts.batch_size, done=done, on_batch=persist)
-        wall = time.perf_counter() - t0
-    partial.unlink()
+    rows, wall = logged_run(partial, lambda persist: vilt.predict_vilt(
+        model, processor, test_rows, name, opts.batch_size, done=done, on_batch=persist))
     stats = _timing_stats(rows, pop_seconds(rows), path, sum(p.numel() for p in model.parameters()), len(done),
                           wall, opts)
     stats["unmapped"] = stats["unparseable"]  # no option mapped onto its answer vocabulary, or a tie
