@@ -76,20 +76,32 @@ def predict(
     model.eval()
     with tqdm(total=len(examples), initial=len(examples) - len(todo), desc=f"infer {model_name}", unit="q",
               disable=not progress) as bar:
-        for start in range(0, len(todo), batch_size):
-            batch = todo[start:start + batch_size]
-            t0 = time.perf_counter()
+        def answer(batch: list[Example]) -> list[dict]:
             answers = answer_batch(model, processor, batch, [choices_of[ex.pid] for ex in batch], max_new_tokens,
                                    mode, likelihood_answer, min_new_tokens, samples, temperature, seed, beam)
-            per_item = (time.perf_counter() - t0) / len(batch)
-            rows = [{"pid": ex.pid, "model": model_name, "mode": mode, **a, "seconds": per_item}
-                    for ex, a in zip(batch, answers, strict=True)]
-            for row in rows:
-                done[row["pid"]] = row
-            if on_batch is not None:
-                on_batch(rows)
-            bar.update(len(batch))
+            return [{"pid": ex.pid, "model": model_name, "mode": mode, **a} for ex, a in zip(batch, answers, strict=True)]
+
+        in_batches(todo, batch_size, answer, done, on_batch, bar.update)
     return [done[ex.pid] for ex in examples]
+
+
+def in_batches(todo: list, batch_size: int, answer: Callable[[list], list[dict]], done: dict[str, dict],
+               on_batch: Callable[[list[dict]], None] | None = None, advance: Callable[[int], object] | None = None):
+    """Answer `todo` batch by batch: `answer(batch)` gives its rows (one per item, keyed by "pid"), each
+    row gets its share of the batch's wall time ("seconds") and goes into `done`, and every finished batch
+    is handed to `on_batch` (the partial log a killed run resumes from)."""
+    for start in range(0, len(todo), max(1, batch_size)):
+        batch = todo[start:start + max(1, batch_size)]
+        t0 = time.perf_counter()
+        rows = answer(batch)
+        per_item = (time.perf_counter() - t0) / len(batch)
+        for row in rows:
+            row["seconds"] = per_item
+            done[row["pid"]] = row
+        if on_batch is not None:
+            on_batch(rows)
+        if advance is not None:
+            advance(len(batch))
 
 
 def accuracy_on(model, processor, rows: list[dict], max_new_tokens: int, batch_size: int = 32) -> float:

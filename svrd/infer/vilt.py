@@ -17,7 +17,6 @@ gets a blank white image. Only `infer.mode: generate` and `infer.engine: hf` app
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 from PIL import Image
@@ -25,6 +24,7 @@ from PIL import Image
 from svrd.baselines.vilt import ViltAnswerer, choose_option
 from svrd.errors import SvrdError
 from svrd.images import open_png
+from svrd.infer.predict import in_batches
 
 MODEL_TYPE = "vilt"
 BLANK_SIDE = 384  # ViltImageProcessor's shortest edge
@@ -69,23 +69,18 @@ def predict_vilt(model, processor, test_rows: list[dict], model_name: str, batch
     svrd.infer.predict.predict (finished rows are not redone; each batch is handed over as it ends)."""
     answerer = ViltAnswerer(model, processor)
     labels = model.config.id2label
-    done = dict(done or {})
-    todo = [r for r in test_rows if r["pid"] not in done]
-    for start in range(0, len(todo), max(1, batch_size)):
-        batch = todo[start:start + max(1, batch_size)]
-        t0 = time.perf_counter()
+
+    def answer(batch: list[dict]) -> list[dict]:
         logits = answerer.logits([_image(r) for r in batch], [r["question"] for r in batch])
-        per_item = (time.perf_counter() - t0) / len(batch)
         rows = []
         for r, row_logits in zip(batch, logits, strict=True):
             picked = choose_option(row_logits.tolist(), r["choices"], answerer.index)
             top = int(row_logits.argmax())
             rows.append({"pid": r["pid"], "model": model_name, "mode": "generate",
                          "raw": str(labels.get(top, labels.get(str(top), ""))), "choice": picked,
-                         "choice_text": picked, "option_logprobs": None, "votes": None, "new_tokens": 0,
-                         "seconds": per_item})
-        for row in rows:
-            done[row["pid"]] = row
-        if on_batch is not None:
-            on_batch(rows)
+                         "choice_text": picked, "option_logprobs": None, "votes": None, "new_tokens": 0})
+        return rows
+
+    done = dict(done or {})
+    in_batches([r for r in test_rows if r["pid"] not in done], batch_size, answer, done, on_batch)
     return [done[r["pid"]] for r in test_rows]
