@@ -6,6 +6,7 @@ ceiling at this budget; the init scale (--init) decides it (README, "The embedde
 
     python scripts/text_only_ceiling.py                 # tiny.init_std, 528 steps, 100 val questions
     python scripts/text_only_ceiling.py --init 0.02     # transformers' default init: about chance
+    python scripts/text_only_ceiling.py --steps 1056 --val 150 --heads 8   # 8 attention heads, not tiny.heads
 
 Reads data/tiny_student (its tokenizer), data/split/*.parquet and data/teach/rationales.parquet;
 about 2.5 min on 2 cores.
@@ -46,6 +47,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=params.train.lr)
     ap.add_argument("--batch", type=int, default=params.train.batch_size)
     ap.add_argument("--val", type=int, default=100, help="held-out (val) questions answered")
+    ap.add_argument("--heads", type=int, default=params.tiny.heads, help="attention heads (tiny.heads)")
     args = ap.parse_args()
     torch.manual_seed(0)
     rng = random.Random(0)
@@ -58,7 +60,7 @@ def main() -> None:
     val_set = encoded(processor, "val", rationales, params.train.conclusion, image_token)[: args.val]
     t = params.tiny
     config = LlamaConfig(vocab_size=len(tok), hidden_size=t.text_width, intermediate_size=4 * t.text_width,
-                         num_hidden_layers=t.text_layers, num_attention_heads=t.heads, num_key_value_heads=t.heads,
+                         num_hidden_layers=t.text_layers, num_attention_heads=args.heads, num_key_value_heads=args.heads,
                          max_position_embeddings=1024, pad_token_id=tok.pad_token_id, tie_word_embeddings=True,
                          initializer_range=args.init)
     model = LlamaForCausalLM(config)
@@ -98,7 +100,7 @@ def main() -> None:
         right[row["topic"]].append(extract_choice(tok.decode(out[0, cut:]), list(row["choices"])) == row["answer"])
     per_topic = ", ".join(f"{k} {100 * sum(v) / len(v):.0f}%" for k, v in sorted(right.items()))
     overall = 100 * sum(sum(v) for v in right.values()) / len(val_set)
-    print(f"init {args.init}: {overall:.1f}% of {len(val_set)} given the gold caption ({per_topic}); "
+    print(f"init {args.init}, {args.heads} heads: {overall:.1f}% of {len(val_set)} given the gold caption ({per_topic}); "
           f"{time.time() - start:.0f} s")
 
 

@@ -8,6 +8,8 @@ loss on target tokens only). Resumes from its last checkpoint when killed.
 
 import shutil
 
+import _project  # noqa: F401  (first: this project's svrd, not another clone's)
+
 from dvclive import Live
 from svrd.distill import run_fingerprint, save_student, train
 from svrd.examples import build_examples

@@ -9,6 +9,8 @@ stage still runs, so the DAG is the same both ways, but it loads nothing and wri
 saying disabled. A killed run resumes from the work cache in $SVRD_CACHE_DIR (svrd.features).
 """
 
+import _project  # noqa: F401  (first: this project's svrd, not another clone's)
+
 from svrd.features import check_params, write_disabled, write_features
 from svrd.models import load_student
 from svrd.params import load_params

@@ -3,6 +3,8 @@
     python stages/filter.py
 """
 
+import _project  # noqa: F401  (first: this project's svrd, not another clone's)
+
 from svrd.filter import filter_records, open_source
 from svrd.io import write_json
 from svrd.params import load_params

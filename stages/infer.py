@@ -5,6 +5,8 @@
 
 import sys
 
+import _project  # noqa: F401  (first: this project's svrd, not another clone's)
+
 from svrd.infer.run import run_inference
 from svrd.infer.schema import PREDICTION_SCHEMA
 from svrd.io import read_rows, write_json, write_table

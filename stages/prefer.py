@@ -11,6 +11,8 @@ frozen copy of the distilled student. A killed run resumes sampling where it sto
 
 from pathlib import Path
 
+import _project  # noqa: F401  (first: this project's svrd, not another clone's)
+
 from svrd.io import read_rows, write_json
 from svrd.params import load_params
 from svrd.prefer import run_prefer, summary_line

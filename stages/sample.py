@@ -3,6 +3,8 @@
     python stages/sample.py
 """
 
+import _project  # noqa: F401  (first: this project's svrd, not another clone's)
+
 from svrd.params import load_params
 from svrd.sample import generate
 from svrd.stage import SAMPLE_DIR, run

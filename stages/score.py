@@ -5,6 +5,8 @@ open-ended answers' Table 2 too (metrics/open.json and the report).
     python stages/score.py
 """
 
+import _project  # noqa: F401  (first: this project's svrd, not another clone's)
+
 from svrd.evaluate import score_models
 from svrd.params import load_params
 from svrd.stage import run

@@ -3,6 +3,8 @@
     python stages/split.py
 """
 
+import _project  # noqa: F401  (first: this project's svrd, not another clone's)
+
 from svrd.io import write_json
 from svrd.params import load_params
 from svrd.split import split_file

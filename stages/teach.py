@@ -11,6 +11,8 @@ variable named by teach.api_key_env.
 
 import sys
 
+import _project  # noqa: F401  (first: this project's svrd, not another clone's)
+
 from svrd.errors import SvrdError
 from svrd.params import load_params
 from svrd.teach import read_problems, teach, write_outputs

@@ -9,6 +9,8 @@ distillation: it can see and describe an image, and was never taught a question.
 
 import shutil
 
+import _project  # noqa: F401  (first: this project's svrd, not another clone's)
+
 from dvclive import Live
 from svrd.distill import run_fingerprint
 from svrd.io import read_rows, write_json

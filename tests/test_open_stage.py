@@ -165,6 +165,7 @@ def _run_stage(monkeypatch, capsys, open_section) -> tuple[int, str]:
     raw["score"] = {"open": open_section}
     Path("params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     monkeypatch.setattr(sys, "argv", ["stages/score.py"])
+    monkeypatch.syspath_prepend(str(REPO / "stages"))  # as `python stages/score.py` puts it first
     with pytest.raises(SystemExit) as exit_info:
         runpy.run_path(str(REPO / "stages" / "score.py"), run_name="__main__")
         raise SystemExit(0)

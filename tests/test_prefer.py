@@ -247,6 +247,7 @@ def marked_train(*args, **kwargs):
 
 prefer.judge, prefer.sample_batch, prefer.train_dpo = first_chain_right, slow_sample, marked_train
 sys.argv = ["prefer.py"]
+sys.path.insert(0, os.path.dirname({stage!r}))  # as `python stages/prefer.py` does
 runpy.run_path({stage!r}, run_name="__main__")
 """
 

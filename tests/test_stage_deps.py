@@ -156,3 +156,46 @@ def test_a_removed_dep_is_named_with_its_stage():
     missing = missing_deps(spec)
     assert "svrd/teach/run.py" in missing["teach"] and "svrd/teach/cache.py" in missing["teach"]
     assert "svrd/answers.py" in missing["score"]  # reached through svrd/evaluate.py, not imported by the script
+
+
+def _first_svrd_import_line(script: Path) -> tuple[int | None, int | None]:
+    """(line of `import _project`, line of the first svrd import) at the script's module level."""
+    project = first_svrd = None
+    for node in ast.parse(script.read_text(encoding="utf-8")).body:
+        names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                 else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+        if project is None and "_project" in names:
+            project = node.lineno
+        if first_svrd is None and any(n == PACKAGE or n.startswith(PACKAGE + ".") for n in names):
+            first_svrd = node.lineno
+    return project, first_svrd
+
+
+def test_every_stage_puts_its_own_project_first_and_depends_on_that():
+    for name, stage in stages().items():
+        script = script_of(stage)
+        project, first_svrd = _first_svrd_import_line(script)
+        assert project is not None and (first_svrd is None or project < first_svrd), (
+            f"stage {name}: {script.name} must `import _project` before any svrd import")
+        deps = [str(d) if not isinstance(d, dict) else next(iter(d)) for d in stage.get("deps", [])]
+        assert "stages/_project.py" in deps, f"stage {name}: add stages/_project.py to its deps"
+
+
+def test_a_stage_in_another_copy_runs_that_copys_svrd(tmp_path):
+    """A second clone (or worktree, or `dvc exp run --temp` copy) whose svrd differs from the
+    installed one: its stage must run its own. The copy's svrd/stage.py is replaced by a marker
+    that prints where it was loaded from; without stages/_project.py the installed svrd (this repo,
+    or none) is imported and the marker never prints."""
+    import shutil
+    import subprocess
+    import sys
+
+    copy = tmp_path / "clone"
+    shutil.copytree(REPO / "stages", copy / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / PACKAGE, copy / PACKAGE, ignore=shutil.ignore_patterns("__pycache__"))
+    marker = copy / PACKAGE / "stage.py"
+    marker.write_text("print('svrd.stage from', __file__)\nraise SystemExit(0)\n", encoding="utf-8")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "stages/split.py"], cwd=copy, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert f"svrd.stage from {marker}" in proc.stdout, proc.stdout + proc.stderr

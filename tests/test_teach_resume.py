@@ -70,10 +70,11 @@ SAME_METRICS = ("questions", "agreed", "substituted", "answer_only", "dropped")
 # Runs the stage, but once every answer is in it stalls instead of writing its outputs: the last
 # kill point (all answered, nothing written) is then reachable however fast the machine is.
 STALL_BEFORE_WRITING = """
-import runpy, sys, time
+import os, runpy, sys, time
 import svrd.teach
 svrd.teach.write_outputs = lambda *args, **kwargs: time.sleep(600)
 sys.argv = [{stage!r}]
+sys.path.insert(0, os.path.dirname({stage!r}))  # as `python stages/teach.py` does
 runpy.run_path({stage!r}, run_name="__main__")
 """
 
