@@ -10,8 +10,8 @@ The family is magnets: its image is readable at the default shapes and its answe
 A companion run shows the guard can fail: the same run with the teacher's rationales shuffled
 across questions (each image gets another question's rationale and answer) has nothing to learn
 from the image and stays at chance. Measured here: 81.5% of the 54 held-out questions for the
-default, 51.9% shuffled (chance 50%); about 120 s a run on one thread, 80 s alone on two cores. Six
-epochs instead of eight took 95 s on one thread and reached only 66.7%. The expected answers are
+default, 51.9% shuffled (chance 50%); 79 s a run on one thread (both runs side by side under
+pytest -n 2: 93 s). Six epochs instead of eight reached only 66.7%. The expected answers are
 the generator's gold options; nothing in svrd computes the oracle.
 """
 
