@@ -29,10 +29,9 @@ from svrd.examples import Example
 from svrd.infer.generation import generate_batch
 from svrd.models import load_model, load_processor
 from svrd.params import load_params
-from svrd.prompts import format_question
 from svrd.sample import FIRST_PID, build_records
 from svrd.sample.families import FAMILIES
-from svrd.tiny import build_tiny_student, pretrain_captions
+from svrd.tiny import build_tiny_student, pretrain_captions, training_text
 
 HELD_OUT = 30  # images a family captioned after training
 
@@ -72,22 +71,21 @@ def main() -> None:
     pre = params.tiny.pretrain
     families = load_families(args.families)
 
-    train, held_out, texts = [], [], []
+    train_rows, train, held_out = [], [], []
     for pid, record, caption, png in build_records(args.images + HELD_OUT, args.seed, families):
         example = Example(pid, png, pre.prompt, caption.strip())
         if (int(pid) - FIRST_PID) // len(families) < args.images:
-            train.append((example, record["topic"]))
-            # the tokenizer learns the training text, as stage tiny_student's does
-            texts += [t for t in (format_question(record), record["lecture"], record["solution"], caption, record["hint"]) if t]
+            train_rows.append({**record, "caption": caption})
+            train.append(example)
         else:
             held_out.append((example, record["topic"]))
     epochs = max(1, round(args.steps * pre.batch_size / len(train)))
-    examples = [e for e, _ in train][: args.steps * pre.batch_size] if epochs == 1 else [e for e, _ in train]
+    examples = train[: args.steps * pre.batch_size] if epochs == 1 else train
 
     shape = params.tiny.model_dump(exclude={"pretrain"})
     work = tempfile.mkdtemp(prefix="reading_probe_")
     try:
-        info = build_tiny_student(f"{work}/model", texts, **shape)
+        info = build_tiny_student(f"{work}/model", training_text(train_rows), **shape)  # as stage tiny_student
         start = time.time()
         stats = pretrain_captions(f"{work}/model", examples, [e for e, _ in held_out],
                                   pre.model_copy(update={"epochs": epochs}), params.tiny.seed, f"{work}/ckpt", None)

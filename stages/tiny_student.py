@@ -15,18 +15,8 @@ from dvclive import Live
 from svrd.distill import run_fingerprint
 from svrd.io import read_rows, write_json
 from svrd.params import load_params
-from svrd.prompts import format_question
 from svrd.stage import LIVE_TINY, METRICS, SPLIT_DIR, TINY_STUDENT, cache_dir, run
-from svrd.tiny import build_tiny_student, caption_examples, pretrain_captions
-
-TEXT_FIELDS = ("lecture", "solution", "caption", "hint")
-
-
-def training_text(rows):
-    # Only train and val text: the test questions stay unseen, even by the tokenizer.
-    for row in rows:
-        yield format_question(row)
-        yield from (row[f] for f in TEXT_FIELDS if row[f])
+from svrd.tiny import TEXT_FIELDS, build_tiny_student, caption_examples, pretrain_captions, training_text
 
 
 def main() -> None:

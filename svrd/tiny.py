@@ -146,6 +146,20 @@ def build_tiny_student(
 # --- the base student's alignment stage ------------------------------------------------------
 
 
+TEXT_FIELDS = ("lecture", "solution", "caption", "hint")  # a record's text the tokenizer learns, beside its question
+
+
+def training_text(rows: Iterable[dict]):
+    """The text the tiny student's tokenizer is trained on: each row's question (as the student's
+    prompt formats it) and its lecture, solution, caption and hint. Give it train and val rows only,
+    so the test questions stay unseen, even by the tokenizer."""
+    from svrd.prompts import format_question
+
+    for row in rows:
+        yield format_question(row)
+        yield from (row[f] for f in TEXT_FIELDS if row[f])
+
+
 def caption_examples(rows: list[dict], prompt: str) -> list:
     """image -> caption pairs: what a pre-trained VLM has learnt before it meets the task. No question,
     option, answer or rationale goes in; rows without an image or a caption are left out."""
