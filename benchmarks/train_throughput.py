@@ -7,7 +7,8 @@ embedded sample's training split (rationales from the reference teacher) through
 library path (svrd.distill.train), once with `train.group_by_length` true and once false, from
 the same initial weights, alternating over --repeats runs (the fastest of each reported). It prints training
 tokens/s (real, non-pad tokens) and the padding waste (share of pad tokens, overall and mean per
-batch), with the ratio and the machine.
+batch), with the ratio and the machine. Part 1b trains the same epoch in fp32 and under bf16
+autocast (`train.precision`), alternating, and prints the ratio and what `auto` picks on this CPU.
 
 Part 2 is arithmetic, not a measurement: the peak training memory of a 2B-class student
 (SmolVLM-2.2B's architecture, parameters counted from its config built offline on the meta
@@ -136,6 +137,38 @@ def throughput(args) -> None:
     print(f"\ntokens/s ratio grouped/random: {ratio:.2f}x; padding waste random/grouped: {pad_ratio:.1f}x")
 
 
+def precision_throughput(args) -> None:
+    """Part 1b: the same epoch (random batches, the default) in fp32 and under bf16 autocast, alternating;
+    what train.precision=auto picks on this CPU is printed beside the ratio."""
+    from svrd.models import cpu_has_native_bf16, mixed_precision
+
+    params = load_params(ROOT / "params.yaml")
+    t = params.tiny
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        examples, texts = sample_examples(work, args.per_family, params.train.target, params.train.conclusion)
+        build_tiny_student(work / "student", texts, vocab_size=t.vocab_size, image_size=t.image_size,
+                           patch_size=t.patch_size, vision_width=t.vision_width, vision_layers=t.vision_layers,
+                           text_width=t.text_width, text_layers=t.text_layers, heads=t.heads, seed=t.seed)
+        results: dict[str, list[dict]] = {"fp32": [], "bf16": []}
+        for rep in range(args.repeats):
+            for precision in (("fp32", "bf16") if rep % 2 == 0 else ("bf16", "fp32")):
+                cfg = params.with_overrides({
+                    "train.epochs": 1, "train.batch_size": args.batch_size, "train.grad_accum": 1,
+                    "train.group_by_length": False, "train.save_steps": 0, "train.eval_questions": 0,
+                    "train.warmup_steps": 0, "train.precision": precision,
+                }).train
+                results[precision].append(run_once(work / "student", examples, cfg, work / f"ckpt-{rep}-{precision}"))
+    best = {k: min(v, key=lambda r: r["wall_s"]) for k, v in results.items()}
+    print(f"\n| {'train.precision':<15} | {'tokens/s':>9} | {'wall s':>7} |")
+    print(f"|{'-' * 17}|{'-' * 11}|{'-' * 9}|")
+    for k in ("fp32", "bf16"):
+        print(f"| {k:<15} | {best[k]['tokens_per_s']:>9.1f} | {best[k]['wall_s']:>7.1f} |")
+    print(f"\ntokens/s ratio bf16/fp32: {best['bf16']['tokens_per_s'] / best['fp32']['tokens_per_s']:.2f}x "
+          f"(best of {args.repeats} each); this CPU multiplies bf16 natively: {cpu_has_native_bf16()}, so "
+          f"train.precision=auto trains in {mixed_precision('auto', torch.device('cpu')) or 'fp32'}")
+
+
 # --- memory estimate ------------------------------------------------------------------------------
 
 GiB = 1024**3
@@ -217,6 +250,7 @@ def main() -> None:
     t0 = time.perf_counter()
     if not args.skip_train:
         throughput(args)
+        precision_throughput(args)
     memory_estimate()
     print(f"\n({time.perf_counter() - t0:.0f} s)")
 

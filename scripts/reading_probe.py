@@ -7,7 +7,7 @@ per family it prints the share of captions whose deciding facts are right.
     python scripts/reading_probe.py --images 700 --steps 1100
     python scripts/reading_probe.py --families my_families.py   # a redrawn families module
 
-Deciding facts, per family: both beakers' particle counts (chemistry), the tallest and the shortest
+Deciding facts, per family: both beakers' particle counts (chemistry), every bar's value with its
 month (earth-science), every state with its place (geography; the share of state-place pairs right
 is printed too), every arrow (biology), the poles in order (physics). Each image is seen
 round(steps x batch / images) times. Needs no pipeline output; about 3 min on 2 cores at 396
@@ -41,7 +41,7 @@ def deciding_facts(topic: str, caption: str):
     if topic == "chemistry":
         return re.findall(r"Solution [AB] has (\d+)", caption)
     if topic == "earth-science":
-        return re.findall(r"[Tt]he (\w+) bar is the (tallest|shortest)", caption)
+        return re.findall(r"(\w+) has (\d+) ?(?:°C|mm)", caption)
     if topic == "geography":
         return sorted(re.findall(r"(\w+) \(\w+\) at ([\w ]+?)(?:,|\.| and)", caption))
     if topic == "biology":

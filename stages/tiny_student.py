@@ -34,7 +34,7 @@ def main() -> None:
         with Live(str(LIVE_TINY), save_dvc_exp=False, dvcyaml=None) as live:
             stats = pretrain_captions(TINY_STUDENT, train_examples, val_examples, p.pretrain, p.seed, checkpoints, live)
         shutil.rmtree(checkpoints, ignore_errors=True)
-        summary.update({f"pretrain_{k}": stats[k] for k in ("steps", "train_loss", "val_loss", "wall_s") if k in stats})
+        summary.update({f"pretrain_{k}": stats[k] for k in ("steps", "train_loss", "val_loss", "wall_s", "mixed_precision") if k in stats})
         summary["pretrain_images"] = len(train_examples)
     write_json(METRICS / "tiny_student.json", summary)
     print(f"tiny_student: {info['parameters'] / 1e6:.2f}M parameters, vocabulary {info['vocab']}, "

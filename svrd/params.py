@@ -184,6 +184,7 @@ class TinyPretrainParams(_Section):
     max_length: PosInt
     group_by_length: StrictBool  # batches of similar length; on the sample they are one family each (see params.yaml)
     save_steps: NonNegInt  # checkpoint every N steps (a killed tiny_student resumes); 0: none
+    precision: Literal["auto", "fp32", "bf16", "fp16"]  # autocast over fp32 weights, as train.precision (auto: bf16 where the device has it)
 
 
 class TinyParams(_Section):

@@ -21,7 +21,8 @@ from tiny_models import build_llava, corpus, fake_rationales, fake_records
 import svrd.distill as distill
 import svrd.prefer as prefer
 from svrd.examples import build_examples
-from svrd.models import load_student, mixed_precision
+import svrd.models as models
+from svrd.models import cpu_has_native_bf16, load_student, mixed_precision
 from svrd.params import load_params
 
 REPO = Path(__file__).resolve().parents[1]
@@ -170,13 +171,27 @@ def test_dpo_at_the_paper_lr_moves_the_weights(student, tmp_path, precision, mon
 # --- fp16 on CPU, and the GPU choices without a GPU ---------------------------------------------------
 
 
-def test_cpu_precision_choice():
-    """On CPU fp16 is fp16 autocast (with a grad scaler in training), as bf16 is bf16; auto stays fp32."""
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_cpu_precision_choice(monkeypatch, native_bf16):
+    """On CPU fp16 is fp16 autocast (with a grad scaler in training), as bf16 is bf16; auto is bf16 only
+    where the CPU multiplies bf16 in hardware (emulated, a step took 1.2x to 12x fp32's time)."""
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: native_bf16)
     cpu = torch.device("cpu")
     for param in ("train.precision", "prefer.precision"):
         assert mixed_precision("fp16", cpu, param) == "fp16"
     assert mixed_precision("bf16", cpu) == "bf16" and mixed_precision("fp32", cpu) is None
-    assert mixed_precision("auto", cpu) is None  # CPU bf16 matmuls are slow: auto stays fp32 there
+    assert mixed_precision("auto", cpu) == ("bf16" if native_bf16 else None)
+    assert models.pick_dtype("auto", cpu) == torch.float32  # inference weights stay fp32 on CPU either way
+
+
+@pytest.mark.skipif(not Path("/proc/cpuinfo").exists(), reason="reads the CPU's flags from Linux's /proc/cpuinfo")
+def test_native_bf16_is_read_from_the_cpu():
+    """cpu_has_native_bf16 agrees with the kernel's list of the CPU's instruction sets."""
+    flags = set()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith(("flags", "Features")):
+            flags |= set(line.split(":", 1)[1].split())
+    assert cpu_has_native_bf16() == bool(flags & {"avx512_bf16", "amx_bf16", "amx_tile"})
 
 
 @pytest.mark.parametrize(("precision", "bf16_gpu", "compute"), [

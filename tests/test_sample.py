@@ -179,3 +179,33 @@ def test_a_family_that_repeats_itself_is_redrawn_then_refused():
     assert len({r[3] for r in rows}) == 2
     with pytest.raises(SvrdError, match="twins"):
         list(build_records(3, 0, (family,)))
+
+
+def test_each_particle_sits_inside_one_patch_of_the_students_grid():
+    """The beakers' particles are counted from the 128-px image's 16-px patches (tiny.patch_size): every
+    particle lies wholly inside one patch, and the particles found in the pixels (connected blobs of the
+    particle colour, left half Solution A) are the caption's counts. Read from the pixels, not the drawer."""
+    import random
+    import re
+
+    import numpy as np
+    from scipy import ndimage
+
+    from svrd.sample.draw import COLOURS
+    from svrd.sample.families import make_concentration
+
+    rng = random.Random(7)
+    for _ in range(40):
+        item = make_concentration(rng)
+        a, b = (int(k) for k in re.findall(r"has (\d+) ", item.caption))
+        colour = re.search(r"\d+ (\w+) particle", item.caption).group(1)
+        pixels = np.asarray(item.image.convert("RGB")).astype(int)
+        assert pixels.shape[:2] == (128, 128)
+        mask = (np.abs(pixels - np.array(COLOURS[colour])).sum(axis=2) < 30)
+        blobs, n = ndimage.label(mask)
+        found = {"A": 0, "B": 0}
+        for box in ndimage.find_objects(blobs):
+            ys, xs = box
+            assert ys.start // 16 == (ys.stop - 1) // 16 and xs.start // 16 == (xs.stop - 1) // 16, item.caption
+            found["A" if xs.start < 64 else "B"] += 1
+        assert (found["A"], found["B"]) == (a, b), item.caption

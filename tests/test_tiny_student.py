@@ -66,3 +66,14 @@ def test_a_saved_processor_does_not_depend_on_hub_offline(processor, tmp_path, m
     config = json.loads((tmp_path / "again" / "tokenizer_config.json").read_text())
     assert "local_files_only" not in config
     assert (tmp_path / "again" / "tokenizer_config.json").read_bytes() == (src / "tokenizer_config.json").read_bytes()
+
+
+@pytest.mark.parametrize("precision", ["auto", "fp32", "bf16"])
+def test_pretraining_computes_in_the_precision_params_name(precision):
+    """tiny.pretrain.precision reaches the training loop (it was fixed at fp32, so a CPU with native bf16
+    pre-trained at fp32's speed whatever params.yaml said)."""
+    from svrd.params import load_params
+    from svrd.tiny import pretrain_config
+
+    p = load_params().tiny.pretrain.model_copy(update={"precision": precision})
+    assert pretrain_config(p, seed=0).precision == precision

@@ -223,20 +223,21 @@ SOLUTION_LECTURE = (
 )
 
 
-def _beaker(draw, rng: random.Random, x0: int, count: int, colour: str, label: str, volume: int) -> None:
-    x1, top, bottom, liquid = x0 + 50, 26, 106, 38
+def _beaker(draw, x0: int, count: int, colour: str, label: str, volume: int) -> None:
+    """A 40-px beaker whose particles sit in fixed slots, bottom row first, one per 16-px patch of the
+    128-px image (2 columns x 3 rows), so that counting them is counting patches. Particles drawn at
+    random places straddled patch edges, and the student counted them right on 7% of images; the slots
+    and twice the caption pre-training read 73% (README, "The embedded sample")."""
+    x1, top, bottom, liquid = x0 + 40, 26, 112, 58
     draw.rectangle([x0, liquid, x1, bottom], fill=(205, 228, 250))
     draw.line([(x0, top), (x0, bottom), (x1, bottom), (x1, top)], fill=DARK, width=2)
     draw.line([(x0 - 3, top), (x0, top)], fill=DARK, width=2)
     draw.line([(x1, top), (x1 + 3, top)], fill=DARK, width=2)
-    centered_text(draw, (x0 + 25, top - 8), f"{volume} mL", 9, clamp=True)
-    centered_text(draw, (x0 + 25, bottom + 11), label, 10, clamp=True)
-    cells = rng.sample(range(9), count)
-    for cell in cells:
-        r, c = divmod(cell, 3)
-        cx = x0 + 9 + 16 * c + rng.randint(-2, 2)
-        cy = liquid + 11 + 21 * r + rng.randint(-3, 3)
-        draw.ellipse([cx - 5, cy - 5, cx + 5, cy + 5], fill=COLOURS[colour], outline=(30, 30, 30))
+    centered_text(draw, (x0 + 20, top - 8), f"{volume} mL", 9, clamp=True)
+    centered_text(draw, (x0 + 20, bottom + 8), label, 10, clamp=True)
+    for k in range(count):
+        cx, cy = x0 + 12 + 16 * (k % 2), 104 - 16 * (k // 2)
+        draw.ellipse([cx - 6, cy - 6, cx + 6, cy + 6], fill=COLOURS[colour], outline=(30, 30, 30))
 
 
 def make_concentration(rng: random.Random) -> Item:
@@ -250,15 +251,19 @@ def make_concentration(rng: random.Random) -> Item:
         lo = rng.randint(1, hi - 1)
         a, b = (hi, lo) if outcome == "A" else (lo, hi)
     img, draw = canvas()
-    _beaker(draw, rng, 8, a, colour, "Solution A", volume)
-    _beaker(draw, rng, 70, b, colour, "Solution B", volume)
+    _beaker(draw, 12, a, colour, "Solution A", volume)
+    _beaker(draw, 76, b, colour, "Solution B", volume)
 
     def n(k: int) -> str:
         return f"{k} {colour} particle" + ("" if k == 1 else "s")
 
     caption = (f"Two beakers labeled Solution A and Solution B, each with {volume} mL of solvent. "
                f"Solution A has {n(a)} and Solution B has {n(b)}.")
-    facts = f"Solution A has {n(a)} in {volume} mL of solvent. Solution B has {n(b)} in {volume} mL of solvent."
+    # The counts' comparison is a step of its own: given both counts right, the student answered equal
+    # counts right 13 of 27 times without it and 32 of 34 with it (README).
+    relation = "more than" if a > b else "less than" if a < b else "the same as"
+    facts = (f"Solution A has {n(a)} in {volume} mL of solvent. Solution B has {n(b)} in {volume} mL of solvent. "
+             f"{a} is {relation} {b}.")
     if outcome == "same":
         correct = NEITHER
         solution = f"{facts} They have the same number of {colour} particles per milliliter. So, their concentrations are the same."
@@ -406,64 +411,59 @@ CLIMATE_LECTURE = (
     "Climate is the pattern of weather in a place over many years. A climate graph shows the average "
     "temperature or precipitation for each month. A taller bar shows a higher average."
 )
-# question word -> (measure, unit, bar colour, scale max, extreme is max?)
+# question word -> (measure, unit, bar colour, value of one 16-px step of the scale, extreme is max?)
 _MEASURES = {
-    "hottest": ("temperature", "°C", "red", 40, True),
-    "coldest": ("temperature", "°C", "red", 40, False),
-    "wettest": ("precipitation", "mm", "blue", 300, True),
-    "driest": ("precipitation", "mm", "blue", 300, False),
+    "hottest": ("temperature", "°C", "red", 5, True),
+    "coldest": ("temperature", "°C", "red", 5, False),
+    "wettest": ("precipitation", " mm", "blue", 50, True),
+    "driest": ("precipitation", " mm", "blue", 50, False),
 }
+MONTH_ABBR = tuple(m[:3] for m in MONTHS)
+BAR_COLUMNS = (40, 80)  # left edges of the two bars: the 3rd and 6th 16-px patch columns
+BAR_BASE = 112  # the x axis, on a patch row's edge: a bar k steps tall covers exactly k patches
 
 
 def make_climate(rng: random.Random) -> Item:
     word = rng.choice(sorted(_MEASURES))
-    measure, unit, bar, top, is_max = _MEASURES[word]
+    measure, unit, bar, step, is_max = _MEASURES[word]
     town = rng.choice(TOWNS)
-    # The graph has a slot for every month, and bars for the three months asked about (at least 3
-    # apart, so each bar stands alone). Their values are drawn independently of the month, with
-    # clear gaps, so only the bars decide: no season or spacing gives the answer away to a model
-    # that reads the text alone.
-    while True:
-        picked = sorted(rng.sample(range(12), 3))
-        gaps = [(picked[(k + 1) % 3] - picked[k]) % 12 for k in range(3)]
-        if min(gaps) >= 3:
-            break
-    step = top // 8  # bars differ by at least an eighth of the scale
-    while True:
-        values = [rng.randrange(step, top - 2) for _ in picked]
-        ordered = sorted(values)
-        if ordered[1] - ordered[0] >= step and ordered[2] - ordered[1] >= step:
-            break
+    # Bars for the two months asked about, in calendar order, each one patch wide and a whole number of
+    # patches tall (1-6, different), the month's name under it. Reading a value is counting a bar's
+    # patches, as counting a beaker's particles is; the answer is then a comparison of two numbers in the
+    # text. Values are drawn independently of the month: no season gives the answer away.
+    picked = sorted(rng.sample(range(12), 2))
+    heights = rng.sample(range(1, 7), 2)
+    values = [h * step for h in heights]
     best = picked[values.index(max(values) if is_max else min(values))]
-    others = [m for m in picked if m != best]
+    other = next(m for m in picked if m != best)
 
     img, draw = canvas()
-    x_left, y_bottom, y_top, slot = 16, 108, 16, 9
     centered_text(draw, (64, 6), f"{town}: average {measure}", 8)
-    for tick in range(0, top + 1, 10 if top == 40 else 100):
-        y = y_bottom - (y_bottom - y_top) * tick / top
-        draw.line([(x_left - 2, y), (x_left + 12 * slot, y)], fill=(215, 215, 215) if tick else DARK, width=1)
-        centered_text(draw, (x_left - 8, y), str(tick), 7, clamp=True)
-    for m in range(12):
-        x0 = x_left + m * slot + 1
-        if m in picked:
-            y = y_bottom - (y_bottom - y_top) * values[picked.index(m)] / top
-            draw.rectangle([x0, y, x0 + slot - 2, y_bottom], fill=COLOURS[bar])
-        centered_text(draw, (x0 + (slot - 2) / 2, 117), MONTHS[m][0], 8)
-    draw.line([(x_left, y_top), (x_left, y_bottom)], fill=DARK, width=1)
+    for k in range(7):  # grid lines on the patch rows' edges, labelled in the measure's unit
+        y = BAR_BASE - 16 * k
+        draw.line([(24, y), (120, y)], fill=(215, 215, 215) if k else DARK, width=1)
+        centered_text(draw, (12, y), str(k * step), 7, clamp=True)
+    for x0, m, h in zip(BAR_COLUMNS, picked, heights):
+        draw.rectangle([x0 + 2, BAR_BASE - 16 * h, x0 + 13, BAR_BASE - 1], fill=COLOURS[bar])
+        centered_text(draw, (x0 + 8, 120), MONTH_ABBR[m], 8)
+    draw.line([(24, 16), (24, BAR_BASE)], fill=DARK, width=1)
 
-    tallest = picked[values.index(max(values))]
-    shortest = picked[values.index(min(values))]
+    # The reasoning repeats the caption's facts word for word, then compares the two numbers as a step of
+    # its own, in the caption's order, as the beakers' solution does. Measured on the default student: it
+    # writes both facts right on 84% of test graphs and the comparison on 97%, and then names the month at
+    # chance; two other wordings (the month found by its value, or by its bar's place) did no better
+    # (README, "The embedded sample").
+    a, b = values
+    facts = f"{MONTHS[picked[0]]} has {a}{unit} and {MONTHS[picked[1]]} has {b}{unit}."
     caption = (f"A bar graph of the average monthly {measure} in {town}, with bars for "
-               f"{_join([MONTHS[m] for m in picked])}. The {MONTHS[tallest]} bar is the tallest and the "
-               f"{MONTHS[shortest]} bar is the shortest.")
-    size = "tallest" if is_max else "shortest"
-    solution = (f"The {word} month has the {size} bar. The {MONTHS[best]} bar is the {size}. "
-                f"So, {MONTHS[best]} is the {word} month on average in {town}.")
+               f"{MONTHS[picked[0]]} and {MONTHS[picked[1]]}. {facts}")
+    solution = (f"The {word} month has the {'higher' if is_max else 'lower'} average {measure}. {facts} "
+                f"{a} is {'more' if a > b else 'less'} than {b}. So, {MONTHS[best]} is the {word} month on average "
+                f"in {town}.")
     return Item(
         question=f"Which of these months is the {word} on average in {town}?",
         correct=MONTHS[best],
-        distractors=[MONTHS[m] for m in others],
+        distractors=[MONTHS[other]],
         hint=f"Use the graph to answer the question below. The graph shows the average monthly {measure} in {town}.",
         grade=rng.choice(["grade4", "grade5", "grade6"]),
         lecture=CLIMATE_LECTURE,
