@@ -19,9 +19,9 @@ from test_prefer import STAGE_FAST, first_chain_right, make_project
 from tiny_models import build_llava, corpus, fake_rationales, fake_records
 
 import svrd.distill as distill
+import svrd.models as models
 import svrd.prefer as prefer
 from svrd.examples import build_examples
-import svrd.models as models
 from svrd.models import cpu_has_native_bf16, load_student, mixed_precision
 from svrd.params import load_params
 

@@ -443,7 +443,7 @@ def make_climate(rng: random.Random) -> Item:
         y = BAR_BASE - 16 * k
         draw.line([(24, y), (120, y)], fill=(215, 215, 215) if k else DARK, width=1)
         centered_text(draw, (12, y), str(k * step), 7, clamp=True)
-    for x0, m, h in zip(BAR_COLUMNS, picked, heights):
+    for x0, m, h in zip(BAR_COLUMNS, picked, heights, strict=True):
         draw.rectangle([x0 + 2, BAR_BASE - 16 * h, x0 + 13, BAR_BASE - 1], fill=COLOURS[bar])
         centered_text(draw, (x0 + 8, 120), MONTH_ABBR[m], 8)
     draw.line([(24, 16), (24, BAR_BASE)], fill=DARK, width=1)
