@@ -42,7 +42,8 @@ out, batch = sys.argv[1], int(sys.argv[2])
 records = fake_records(8)
 examples = build_examples(records, fake_rationales(records), "rationale", "letter")
 cfg = load_params({params!r}).with_overrides({{"train.epochs": 1, "train.batch_size": batch, "train.save_steps": 0,
-    "train.warmup_steps": 0, "train.lr": 1e-3, "train.eval_questions": 0, "train.group_by_length": False}}).train
+    "train.warmup_steps": 0, "train.lr": 1e-3, "train.eval_questions": 0, "train.group_by_length": False,
+    "train.precision": "fp32"}}).train  # compared to 1e-5: fp32, whatever `auto` picks on this CPU
 model = load_model({model!r})
 freeze(model)
 stats = distill.train(model, load_processor({model!r}), examples, [], cfg, os.path.join(out, "ckpt"))

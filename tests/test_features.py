@@ -154,7 +154,8 @@ def test_distill_train_with_the_cache_matches_the_live_run(built, tmp_path):
 
     cfg = load_params().with_overrides({"train.epochs": 2, "train.batch_size": 2, "train.warmup_steps": 0,
                                         "train.save_steps": 0, "train.lr": 1e-3, "train.group_by_length": False,
-                                        "train.cache_vision_features": True}).train
+                                        "train.cache_vision_features": True,
+                                        "train.precision": "fp32"}).train  # exact in fp32 (bf16: autocast rounding)
     model, processor = student(built["llava"], freeze_projector=False)
     features = features_of(model, processor, tmp_path)
     results = {}

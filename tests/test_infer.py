@@ -70,7 +70,7 @@ def test_pruned_decoding_equals_batch_1_greedy_on_a_mixed_length_batch(tiny):
     from svrd.infer.generation import decode_pruned, eos_ids, generate_ids, prunable, stop_ids
 
     model, processor = tiny["model"], tiny["processor"]
-    examples = examples_from_rows(tiny["rows"][:8])
+    examples = examples_from_rows(tiny["rows"][:16])  # 16: enough different outputs to end at 3+ steps
     tok = tokenizer_of(processor)
     eos = eos_ids(model, tok)
     inputs = to_device(model, encode_batch(processor, examples))

@@ -87,8 +87,12 @@ def test_cached_vision_features_give_the_live_distill_loss(pipeline_run):
     manifest = json.loads((project / "data/features/manifest.json").read_text())
     assert manifest["enabled"] and manifest["mode"] == "vision"  # projector trains (student.freeze_projector false)
     assert cached["vision_cache"]["images"] == manifest["images"] > 0
-    for key in ("train_loss", "val_loss"):  # both rounded to 4 places
-        assert abs(cached[key] - live[key]) <= 1e-4, (key, live[key], cached[key])
+    # Both rounded to 4 places. In fp32 the two runs agree to that; under bf16 autocast (`auto` on a CPU with
+    # native bf16) the live run computes the vision tower in bf16 and the features stage in fp32, so they
+    # agree to bf16's precision (a wrong or missing feature moves the loss by far more).
+    tol = 1e-4 if live["mixed_precision"] == "no" else 2e-3 * abs(live["train_loss"])
+    for key in ("train_loss", "val_loss"):
+        assert abs(cached[key] - live[key]) <= tol, (key, live[key], cached[key], live["mixed_precision"])
     out = run(["dvc", "exp", "run", "-S", "train.cache_vision_features=true", "-S", "train.lr=1e-4", "distill"],
               project, env).stdout
     assert ran_stages(out) == ["distill"]

@@ -35,8 +35,10 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def train_cfg(**overrides):
+    # fp32: these tests compare logits to 1e-5, and on a CPU with native bf16 `auto` trains under bf16
+    # autocast, which accelerate leaves on the trained model's forward
     base = {"train.epochs": 1, "train.batch_size": 2, "train.warmup_steps": 0, "train.lr": 1e-3,
-            "train.save_steps": 0, "train.eval_questions": 0}
+            "train.save_steps": 0, "train.eval_questions": 0, "train.precision": "fp32"}
     return PARAMS.with_overrides({**base, **overrides}).train
 
 
