@@ -94,7 +94,62 @@ def run_once(model_dir: Path, examples, cfg, ckpt: Path) -> dict:
             "batch_pad_mean": statistics.mean(log.shares), "steps": stats["steps"]}
 
 
-def throughput(args) -> None:
+def alternate(args, params, work: Path, examples, variants: dict) -> dict:
+    """One epoch per variant (name -> train.* overrides), alternating the order each repeat so that neither
+    variant always runs second; returns name -> the fastest run (on a shared machine the slow runs measure
+    the neighbours) and name -> every run's wall."""
+    runs: dict = {name: [] for name in variants}
+    names = list(variants)
+    for rep in range(args.repeats):
+        for name in (names if rep % 2 == 0 else names[::-1]):
+            cfg = params.with_overrides({
+                "train.epochs": 1, "train.batch_size": args.batch_size, "train.grad_accum": 1,
+                "train.group_by_length": False, "train.save_steps": 0, "train.eval_questions": 0,
+                "train.warmup_steps": 0, **variants[name],
+            }).train
+            runs[name].append(run_once(work / "student", examples, cfg, work / f"ckpt-{rep}-{name}"))
+    return {name: min(r, key=lambda x: x["wall_s"]) for name, r in runs.items()}, \
+        {name: [x["wall_s"] for x in r] for name, r in runs.items()}
+
+
+def throughput(args, params, work: Path, examples, info: dict) -> None:
+    best, walls = alternate(args, params, work, examples, {"true": {"train.group_by_length": True},
+                                                           "false": {"train.group_by_length": False}})
+    print(f"\nmachine: {platform.platform()}, {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} CPUs, torch {torch.__version__} with {torch.get_num_threads()} intra-op threads, "
+          f"load average {os.getloadavg()[0]:.1f} at the end")
+    print(f"student: tiny LLaVA, {info['parameters'] / 1e6:.2f}M parameters, {info['image_tokens']} image tokens; "
+          f"{len(examples)} training examples (sample, per_family={args.per_family}), batch {args.batch_size}, "
+          f"1 epoch = {best['true']['steps']} steps, {best['true']['tokens']} real tokens; best of {args.repeats} "
+          f"runs each (walls: grouped {walls['true']}, random {walls['false']})\n")
+    print(f"| {'group_by_length':<15} | {'tokens/s':>9} | {'pad share':>9} | {'mean batch pad share':>20} | {'wall s':>7} |")
+    print(f"|{'-' * 17}|{'-' * 11}|{'-' * 11}|{'-' * 22}|{'-' * 9}|")
+    for name, r in best.items():
+        print(f"| {name:<15} | {r['tokens_per_s']:>9.1f} | {r['pad_share']:>9.3f} | "
+              f"{r['batch_pad_mean']:>20.3f} | {r['wall_s']:>7.1f} |")
+    ratio = best["true"]["tokens_per_s"] / best["false"]["tokens_per_s"]
+    pad_ratio = best["false"]["pad_share"] / max(1e-9, best["true"]["pad_share"])
+    print(f"\ntokens/s ratio grouped/random: {ratio:.2f}x; padding waste random/grouped: {pad_ratio:.1f}x")
+
+
+def precision_throughput(args, params, work: Path, examples) -> None:
+    """Part 1b: the same epoch (random batches, the default) in fp32 and under bf16 autocast, alternating;
+    what train.precision=auto picks on this CPU is printed beside the ratio."""
+    from svrd.models import cpu_has_native_bf16, mixed_precision
+
+    best, _ = alternate(args, params, work, examples, {"fp32": {"train.precision": "fp32"},
+                                                       "bf16": {"train.precision": "bf16"}})
+    print(f"\n| {'train.precision':<15} | {'tokens/s':>9} | {'wall s':>7} |")
+    print(f"|{'-' * 17}|{'-' * 11}|{'-' * 9}|")
+    for name, r in best.items():
+        print(f"| {name:<15} | {r['tokens_per_s']:>9.1f} | {r['wall_s']:>7.1f} |")
+    print(f"\ntokens/s ratio bf16/fp32: {best['bf16']['tokens_per_s'] / best['fp32']['tokens_per_s']:.2f}x "
+          f"(best of {args.repeats} each); this CPU multiplies bf16 natively: {cpu_has_native_bf16()}, so "
+          f"train.precision=auto trains in {mixed_precision('auto', torch.device('cpu')) or 'fp32'}")
+
+
+def training_parts(args) -> None:
+    """Parts 1 and 1b on one generated sample and one freshly built student (the same initial weights)."""
     params = load_params(ROOT / "params.yaml")
     t = params.tiny
     with tempfile.TemporaryDirectory() as tmp:
@@ -104,69 +159,8 @@ def throughput(args) -> None:
                                   patch_size=t.patch_size, vision_width=t.vision_width,
                                   vision_layers=t.vision_layers, text_width=t.text_width, text_layers=t.text_layers,
                                   heads=t.heads, seed=t.seed)
-        results: dict[bool, list[dict]] = {True: [], False: []}
-        for rep in range(args.repeats):
-            for grouped in ((True, False) if rep % 2 == 0 else (False, True)):
-                cfg = params.with_overrides({
-                    "train.epochs": 1, "train.batch_size": args.batch_size, "train.grad_accum": 1,
-                    "train.group_by_length": grouped, "train.save_steps": 0, "train.eval_questions": 0,
-                    "train.warmup_steps": 0,
-                }).train
-                results[grouped].append(run_once(work / "student", examples, cfg, work / f"ckpt-{rep}-{grouped}"))
-
-    def med(grouped: bool, key: str) -> float:
-        # best of the runs (fastest wall): on a shared machine the slow runs measure the neighbours
-        best = min(results[grouped], key=lambda r: r["wall_s"])
-        return best[key]
-
-    print(f"\nmachine: {platform.platform()}, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPUs, torch {torch.__version__} with {torch.get_num_threads()} intra-op threads, "
-          f"load average {os.getloadavg()[0]:.1f} at the end")
-    print(f"student: tiny LLaVA, {info['parameters'] / 1e6:.2f}M parameters, {info['image_tokens']} image tokens; "
-          f"{len(examples)} training examples (sample, per_family={args.per_family}), batch {args.batch_size}, "
-          f"1 epoch = {results[True][0]['steps']} steps, {results[True][0]['tokens']} real tokens; best of {args.repeats} "
-          f"runs each (walls: grouped {[r['wall_s'] for r in results[True]]}, "
-          f"random {[r['wall_s'] for r in results[False]]})\n")
-    print(f"| {'group_by_length':<15} | {'tokens/s':>9} | {'pad share':>9} | {'mean batch pad share':>20} | {'wall s':>7} |")
-    print(f"|{'-' * 17}|{'-' * 11}|{'-' * 11}|{'-' * 22}|{'-' * 9}|")
-    for grouped in (True, False):
-        print(f"| {str(grouped).lower():<15} | {med(grouped, 'tokens_per_s'):>9.1f} | {med(grouped, 'pad_share'):>9.3f} | "
-              f"{med(grouped, 'batch_pad_mean'):>20.3f} | {med(grouped, 'wall_s'):>7.1f} |")
-    ratio = med(True, "tokens_per_s") / med(False, "tokens_per_s")
-    pad_ratio = med(False, "pad_share") / max(1e-9, med(True, "pad_share"))
-    print(f"\ntokens/s ratio grouped/random: {ratio:.2f}x; padding waste random/grouped: {pad_ratio:.1f}x")
-
-
-def precision_throughput(args) -> None:
-    """Part 1b: the same epoch (random batches, the default) in fp32 and under bf16 autocast, alternating;
-    what train.precision=auto picks on this CPU is printed beside the ratio."""
-    from svrd.models import cpu_has_native_bf16, mixed_precision
-
-    params = load_params(ROOT / "params.yaml")
-    t = params.tiny
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        examples, texts = sample_examples(work, args.per_family, params.train.target, params.train.conclusion)
-        build_tiny_student(work / "student", texts, vocab_size=t.vocab_size, image_size=t.image_size,
-                           patch_size=t.patch_size, vision_width=t.vision_width, vision_layers=t.vision_layers,
-                           text_width=t.text_width, text_layers=t.text_layers, heads=t.heads, seed=t.seed)
-        results: dict[str, list[dict]] = {"fp32": [], "bf16": []}
-        for rep in range(args.repeats):
-            for precision in (("fp32", "bf16") if rep % 2 == 0 else ("bf16", "fp32")):
-                cfg = params.with_overrides({
-                    "train.epochs": 1, "train.batch_size": args.batch_size, "train.grad_accum": 1,
-                    "train.group_by_length": False, "train.save_steps": 0, "train.eval_questions": 0,
-                    "train.warmup_steps": 0, "train.precision": precision,
-                }).train
-                results[precision].append(run_once(work / "student", examples, cfg, work / f"ckpt-{rep}-{precision}"))
-    best = {k: min(v, key=lambda r: r["wall_s"]) for k, v in results.items()}
-    print(f"\n| {'train.precision':<15} | {'tokens/s':>9} | {'wall s':>7} |")
-    print(f"|{'-' * 17}|{'-' * 11}|{'-' * 9}|")
-    for k in ("fp32", "bf16"):
-        print(f"| {k:<15} | {best[k]['tokens_per_s']:>9.1f} | {best[k]['wall_s']:>7.1f} |")
-    print(f"\ntokens/s ratio bf16/fp32: {best['bf16']['tokens_per_s'] / best['fp32']['tokens_per_s']:.2f}x "
-          f"(best of {args.repeats} each); this CPU multiplies bf16 natively: {cpu_has_native_bf16()}, so "
-          f"train.precision=auto trains in {mixed_precision('auto', torch.device('cpu')) or 'fp32'}")
+        throughput(args, params, work, examples, info)
+        precision_throughput(args, params, work, examples)
 
 
 # --- memory estimate ------------------------------------------------------------------------------
@@ -249,8 +243,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     if not args.skip_train:
-        throughput(args)
-        precision_throughput(args)
+        training_parts(args)
     memory_estimate()
     print(f"\n({time.perf_counter() - t0:.0f} s)")
 

@@ -73,6 +73,7 @@ PosCount = Annotated[PosFloat, AfterValidator(_int_if_integral)]
 NonNegFloat = Annotated[Float, Field(ge=0)]
 Share = Annotated[Float, Field(ge=0, le=1)]
 Text = Annotated[str, Field(min_length=1)]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]  # train/prefer/tiny.pretrain: autocast over fp32 weights
 # Names that end up in file names and metric keys (infer.models).
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
 EnvVarName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
@@ -184,7 +185,7 @@ class TinyPretrainParams(_Section):
     max_length: PosInt
     group_by_length: StrictBool  # batches of similar length; on the sample they are one family each (see params.yaml)
     save_steps: NonNegInt  # checkpoint every N steps (a killed tiny_student resumes); 0: none
-    precision: Literal["auto", "fp32", "bf16", "fp16"]  # autocast over fp32 weights, as train.precision (auto: bf16 where the device has it)
+    precision: Precision  # autocast over fp32 weights, as train.precision (auto: bf16 where the device has it)
 
 
 class TinyParams(_Section):
@@ -242,7 +243,7 @@ class TrainParams(_Section):
     weight_decay: NonNegFloat
     max_length: PosInt | None  # None: the longest example's real length
     group_by_length: StrictBool
-    precision: Literal["auto", "fp32", "bf16", "fp16"]
+    precision: Precision
     gradient_checkpointing: StrictBool
     # frozen vision features from stage features (svrd.features), reused across epochs/sweeps; needs freeze_vision
     cache_vision_features: StrictBool = False
@@ -282,7 +283,7 @@ class PreferParams(_Section):
     grad_accum: PosInt
     warmup_steps: NonNegInt
     max_length: PosInt
-    precision: Literal["auto", "fp32", "bf16", "fp16"]
+    precision: Precision
     seed: Seed
 
     @model_validator(mode="after")

@@ -411,15 +411,15 @@ CLIMATE_LECTURE = (
     "Climate is the pattern of weather in a place over many years. A climate graph shows the average "
     "temperature or precipitation for each month. A taller bar shows a higher average."
 )
-# question word -> (measure, unit, bar colour, value of one 16-px step of the scale, extreme is max?).
-# Only the highest is asked for. With the coldest and driest asked too, the student compared the two
+# question word -> (measure, unit, bar colour, value of one 16-px step of the scale). Only the highest
+# is asked for. With the coldest and driest asked too, the student compared the two
 # values right 55 times of 58 and then named the month at chance: "50 is less than 200" means the
 # first month for "driest" and the second for "wettest", and combining the question's direction with
 # the comparison in one word was beyond it. Asked one way, "more" always means the first month, as it
 # means Solution A for the beakers, and it answers 96.55% (README, "The embedded sample").
 _MEASURES = {
-    "hottest": ("temperature", "°C", "red", 5, True),
-    "wettest": ("precipitation", " mm", "blue", 50, True),
+    "hottest": ("temperature", "°C", "red", 5),
+    "wettest": ("precipitation", " mm", "blue", 50),
 }
 MONTH_ABBR = tuple(m[:3] for m in MONTHS)
 BAR_COLUMNS = (40, 80)  # left edges of the two bars: the 3rd and 6th 16-px patch columns
@@ -428,7 +428,7 @@ BAR_BASE = 112  # the x axis, on a patch row's edge: a bar k steps tall covers e
 
 def make_climate(rng: random.Random) -> Item:
     word = rng.choice(sorted(_MEASURES))
-    measure, unit, bar, step, is_max = _MEASURES[word]
+    measure, unit, bar, step = _MEASURES[word]
     town = rng.choice(TOWNS)
     # Bars for the two months asked about, in calendar order, each one patch wide and a whole number of
     # patches tall (1-6, different), the month's name under it. Reading a value is counting a bar's
@@ -437,7 +437,7 @@ def make_climate(rng: random.Random) -> Item:
     picked = sorted(rng.sample(range(12), 2))
     heights = rng.sample(range(1, 7), 2)
     values = [h * step for h in heights]
-    best = picked[values.index(max(values) if is_max else min(values))]
+    best = picked[values.index(max(values))]
     other = next(m for m in picked if m != best)
 
     img, draw = canvas()
@@ -457,7 +457,7 @@ def make_climate(rng: random.Random) -> Item:
     facts = f"{MONTHS[picked[0]]} has {a}{unit} and {MONTHS[picked[1]]} has {b}{unit}."
     caption = (f"A bar graph of the average monthly {measure} in {town}, with bars for "
                f"{MONTHS[picked[0]]} and {MONTHS[picked[1]]}. {facts}")
-    solution = (f"The {word} month has the {'higher' if is_max else 'lower'} average {measure}. {facts} "
+    solution = (f"The {word} month has the higher average {measure}. {facts} "
                 f"{a} is {'more' if a > b else 'less'} than {b}. So, {MONTHS[best]} is the {word} month on average "
                 f"in {town}.")
     return Item(
