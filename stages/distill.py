@@ -56,7 +56,9 @@ def main() -> None:
 
     vision_cache = FEATURES if t.cache_vision_features else None  # written by the features stage
 
-    checkpoints = cache_dir() / "distill" / run_fingerprint(s.model, {**t.model_dump(), "student": s.model_dump()}, examples)
+    # data_workers changes how fast batches come, not which: a run killed with one count resumes with another
+    run = {**t.model_dump(exclude={"data_workers"}), "student": s.model_dump()}
+    checkpoints = cache_dir() / "distill" / run_fingerprint(s.model, run, examples)
     eval_rows = val_rows[: t.eval_questions]
     evaluate = (lambda m: accuracy_on(m, processor, eval_rows, t.eval_max_new_tokens)) if eval_rows else None
     if not is_main_process():  # `accelerate launch`: every rank trains, rank 0 alone logs and saves

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -31,19 +32,41 @@ OPTIMIZERS = {"adam": "adamw_torch", "adamw": "adamw_torch", "sgd": "sgd", "adaf
 
 
 class CountingCollator(Collator):
-    """Also counts tokens seen, for the tokens/s curve."""
+    """The training collator (one class to hook for benchmarks and tests). Tokens are counted by the
+    trainer (TokenCount): with data loader workers this runs in their processes, not the training one."""
 
-    def __init__(self, pad_token_id: int):
-        super().__init__(pad_token_id)
-        self.tokens = 0
-        self.pad_tokens = 0
 
-    def __call__(self, features):
-        batch = super().__call__(features)
-        real = int(batch["attention_mask"].sum())
-        self.tokens += real
-        self.pad_tokens += batch["attention_mask"].numel() - real
-        return batch
+class TokenCount:
+    """Real and padding tokens of the training batches, for the tokens/s curve and summary, counted in the
+    training process as batches arrive. Summed where the batch lies (no GPU sync per step); read when logged."""
+
+    def __init__(self):
+        self._real = 0
+        self.total = 0
+
+    def add(self, attention_mask: torch.Tensor) -> None:
+        self._real = self._real + attention_mask.sum()
+        self.total += attention_mask.numel()
+
+    @property
+    def tokens(self) -> int:
+        return int(self._real)
+
+    @property
+    def pad_tokens(self) -> int:
+        return self.total - self.tokens
+
+
+def data_workers(setting: int | str) -> int:
+    """train.data_workers as applied. auto: none on CPU, where a worker takes a core from the training
+    itself; on a GPU one per CPU core but one, at most 8, since the processor's image work on the CPU
+    (about 2-4 s per batch of 16 for SmolVLM at 640x480, benchmarks/gpu_check.py) would otherwise
+    leave the GPU waiting between steps."""
+    if setting != "auto":
+        return int(setting)
+    if not torch.cuda.is_available():
+        return 0
+    return max(0, min(8, (os.cpu_count() or 1) - 1))
 
 
 class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
@@ -70,9 +93,15 @@ class LengthGroupedTrainer(CpuFp16Trainer, Trainer):
     """Trainer that takes precomputed lengths instead of encoding every example to measure it (and computes
     train.precision=fp16 in fp16 autocast with a grad scaler on CPU too: CpuFp16Trainer)."""
 
-    def __init__(self, *args, lengths: list[int] | None = None, **kwargs):
+    def __init__(self, *args, lengths: list[int] | None = None, counter: TokenCount | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self._lengths = lengths
+        self.counter = counter if counter is not None else TokenCount()
+
+    def training_step(self, model, inputs, *args, **kwargs):
+        if "attention_mask" in inputs:
+            self.counter.add(inputs["attention_mask"])
+        return super().training_step(model, inputs, *args, **kwargs)
 
     def _get_train_sampler(self, train_dataset=None):
         if self.args.train_sampling_strategy == "group_by_length" and self._lengths is not None:
@@ -105,9 +134,9 @@ class LengthGroupedTrainer(CpuFp16Trainer, Trainer):
 class LiveCallback(TrainerCallback):
     """DVCLive curves keyed by optimizer step: loss, lr, throughput; val loss and accuracy."""
 
-    def __init__(self, live, collator: CountingCollator, evaluate_accuracy=None):
+    def __init__(self, live, counter: TokenCount, evaluate_accuracy=None):
         self.live = live
-        self.collator = collator
+        self.counter = counter
         self.evaluate_accuracy = evaluate_accuracy
         self._t0 = time.perf_counter()
         self._tokens0 = 0
@@ -122,10 +151,10 @@ class LiveCallback(TrainerCallback):
             if key in logs:
                 self.live.log_metric(name, float(logs[key]))
         if "loss" in logs and now > self._t0:
-            tokens = self.collator.tokens - self._tokens0
+            tokens = self.counter.tokens - self._tokens0
             self.live.log_metric("train/tokens_per_s", round(tokens / (now - self._t0), 1))
             self.live.log_metric("train/epoch", round(float(logs.get("epoch", state.epoch or 0)), 3))
-            self._t0, self._tokens0 = now, self.collator.tokens
+            self._t0, self._tokens0 = now, self.counter.tokens
 
     def on_epoch_end(self, args, state, control, model=None, **kwargs):
         if self.evaluate_accuracy is not None and state.is_world_process_zero:
@@ -152,6 +181,7 @@ def run_fingerprint(student: str, train_cfg: dict, examples: list[Example]) -> s
 
 def training_arguments(cfg, output_dir: str, use_bf16: bool, use_fp16: bool, has_eval: bool) -> TrainingArguments:
     weight_decay = 0.0 if cfg.optimizer == "adam" else cfg.weight_decay
+    workers = data_workers(getattr(cfg, "data_workers", "auto"))
     return TrainingArguments(
         output_dir=output_dir,
         optim=OPTIMIZERS[cfg.optimizer],
@@ -180,7 +210,8 @@ def training_arguments(cfg, output_dir: str, use_bf16: bool, use_fp16: bool, has
         # training; otherwise each rank silently trains alone on the whole dataset.
         use_cpu=not torch.cuda.is_available(),
         remove_unused_columns=False,
-        dataloader_num_workers=0,
+        dataloader_num_workers=workers,
+        dataloader_persistent_workers=workers > 0,  # not re-forked (and re-importing) every epoch
         report_to="none",
         disable_tqdm=False,
         save_only_model=False,
@@ -219,13 +250,14 @@ def train(model, processor, train_examples: list[Example], val_examples: list[Ex
         train_ds = TrainingDataset(processor, train_examples, cfg.max_length)
         val_ds = TrainingDataset(processor, val_examples, cfg.max_length) if val_examples else None
     collator = CountingCollator(tok.pad_token_id)
+    counter = TokenCount()
     require_fp32_trainable(model)
     compute = mixed_precision(cfg.precision, next(model.parameters()).device)
     args = training_arguments(cfg, checkpoint_dir, compute == "bf16", compute == "fp16", val_ds is not None)
-    callbacks = [LiveCallback(live, collator, evaluate_accuracy)] if live is not None else []
+    callbacks = [LiveCallback(live, counter, evaluate_accuracy)] if live is not None else []
     trainer = LengthGroupedTrainer(
         model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, data_collator=collator,
-        callbacks=callbacks, lengths=train_ds.lengths() if cfg.group_by_length else None,
+        callbacks=callbacks, lengths=train_ds.lengths() if cfg.group_by_length else None, counter=counter,
     )
     resume = latest_checkpoint(checkpoint_dir)
     if resume:
@@ -254,8 +286,10 @@ def train(model, processor, train_examples: list[Example], val_examples: list[Ex
         "mixed_precision": compute or "no",  # the autocast dtype of forward and backward
         "seed": cfg.seed,
         "wall_s": round(wall, 1),
-        "tokens_per_s": round(collator.tokens / wall, 1) if wall else 0.0,
-        "pad_share": round(collator.pad_tokens / max(1, collator.tokens + collator.pad_tokens), 4),
+        "tokens": counter.tokens,  # real (not padding) tokens trained on
+        "tokens_per_s": round(counter.tokens / wall, 1) if wall else 0.0,
+        "pad_share": round(counter.pad_tokens / max(1, counter.total), 4),
+        "data_workers": args.dataloader_num_workers,
         "resumed_from": resume,
         # train.max_length as applied (null: the longest example) and targets cut after </CONCLUSION>
         "max_length": train_ds.max_length,

@@ -245,6 +245,7 @@ class TrainParams(_Section):
     group_by_length: StrictBool
     precision: Precision
     gradient_checkpointing: StrictBool
+    data_workers: NonNegInt | Literal["auto"] = "auto"  # processes preparing batches (svrd.distill.data_workers)
     # frozen vision features from stage features (svrd.features), reused across epochs/sweeps; needs freeze_vision
     cache_vision_features: StrictBool = False
     save_steps: NonNegInt  # checkpoint every N optimizer steps; 0: no checkpoints (no resume)

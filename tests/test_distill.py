@@ -233,6 +233,50 @@ def test_save_steps_zero_means_no_checkpoints(tmp_path, save_steps, folders):
     assert sorted(p.name for p in (tmp_path / "ckpt").glob("checkpoint-*")) == folders
 
 
+def test_data_workers_auto_is_none_on_cpu_and_one_per_spare_core_on_a_gpu(monkeypatch, tmp_path):
+    from svrd.distill import data_workers
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert data_workers("auto") == 0 and data_workers(3) == 3
+    args = training_arguments(cfg(**{"train.data_workers": 2}), str(tmp_path), False, False, False)
+    assert args.dataloader_num_workers == 2 and args.dataloader_persistent_workers
+    assert training_arguments(cfg(), str(tmp_path), False, False, False).dataloader_num_workers == 0
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for cpus, workers in ((16, 8), (4, 3), (1, 0), (None, 0)):
+        monkeypatch.setattr(os, "cpu_count", lambda cpus=cpus: cpus)
+        assert data_workers("auto") == workers, cpus
+
+
+def test_workers_prepare_the_same_batches_and_every_token_is_counted(tmp_path):
+    """An epoch with two data loader workers trains the same weights as without: the workers only move
+    the processor's work to other processes, in the sampler's order. The tokens/s summary still counts
+    every real and padding token of the epoch, counted here from the examples' own encodings (the count
+    used to live in the collator, which with workers runs in their processes and counted nothing)."""
+    from tiny_models import fake_rationales
+
+    import svrd.distill as distill
+    from svrd.examples import build_examples, encode_training
+    from svrd.models import freeze, load_model, load_processor
+
+    records = fake_records(6)
+    build_llava(tmp_path / "student", corpus(records))
+    examples = build_examples(records, fake_rationales(records), "rationale", "letter")
+    runs = {}
+    for workers in (0, 2):
+        model, processor = load_model(str(tmp_path / "student")), load_processor(str(tmp_path / "student"))
+        freeze(model)
+        c = cfg(**{"train.epochs": 1, "train.batch_size": 3, "train.save_steps": 0, "train.warmup_steps": 0,
+                   "train.eval_questions": 0, "train.precision": "fp32", "train.data_workers": workers})
+        stats = distill.train(model, processor, examples, [], c, str(tmp_path / f"ckpt{workers}"))
+        runs[workers] = stats, {k: v.clone() for k, v in model.state_dict().items()}
+    (plain, plain_weights), (forked, forked_weights) = runs[0], runs[2]
+    assert forked["data_workers"] == 2 and plain["data_workers"] == 0
+    assert forked["train_loss"] == plain["train_loss"]
+    assert all(torch.equal(plain_weights[k], forked_weights[k]) for k in plain_weights)
+    real = sum(len(encode_training(processor, ex, None)["input_ids"]) for ex in examples)
+    assert plain["tokens"] == forked["tokens"] == real and forked["tokens_per_s"] > 0
+
+
 # --- errors a user can act on, from the stage script ------------------------------------------------
 
 

@@ -209,3 +209,89 @@ def test_each_particle_sits_inside_one_patch_of_the_students_grid():
             assert ys.start // 16 == (ys.stop - 1) // 16 and xs.start // 16 == (xs.stop - 1) // 16, item.caption
             found["A" if xs.start < 64 else "B"] += 1
         assert (found["A"], found["B"]) == (a, b), item.caption
+
+
+def test_food_web_arrows_found_in_the_pixels_are_the_captions_and_decide_the_answer():
+    """The food webs are read from the 16-px patches: every organism's disc lies wholly inside one patch,
+    the arrows found in the pixels (dark pixels a third and two thirds of the way between two discs of
+    adjacent levels, where no other arrow passes) are exactly the caption's, and following them from the
+    question's organism reaches the right option and not the other. Read from the pixels, not the drawer."""
+    import random
+    import re
+
+    import numpy as np
+    from scipy import ndimage
+
+    from svrd.sample.draw import COLOURS
+    from svrd.sample.families import ECOSYSTEMS, make_food_web
+
+    rng = random.Random(11)
+    kinds = Counter()
+    for _ in range(200):
+        item = make_food_web(rng)
+        eco = re.search(r"from a (\w+) ecosystem", item.hint).group(1)
+        pixels = np.asarray(item.image.convert("RGB")).astype(int)
+        centre = {}
+        for name, colour in ECOSYSTEMS[eco]:
+            blobs, n = ndimage.label(np.abs(pixels - np.array(COLOURS[colour])).sum(axis=2) < 30)
+            sizes = ndimage.sum(blobs > 0, blobs, range(1, n + 1))
+            ys, xs = ndimage.find_objects(blobs)[int(np.argmax(sizes))]
+            assert ys.start // 16 == (ys.stop - 1) // 16 and xs.start // 16 == (xs.stop - 1) // 16, (name, item.caption)
+            centre[name] = ((xs.start + xs.stop - 1) / 2, (ys.start + ys.stop - 1) / 2)
+        names = [n for n, _ in ECOSYSTEMS[eco]]
+        dark = pixels.sum(axis=2) < 200
+        found = set()
+        for low in range(4):
+            for high in (2 * (low // 2) + 2, 2 * (low // 2) + 3):
+                (x0, y0), (x1, y1) = centre[names[low]], centre[names[high]]
+                points = [(round(x0 + t * (x1 - x0)), round(y0 + t * (y1 - y0))) for t in (1 / 3, 2 / 3)]
+                if all(dark[y - 1:y + 2, x - 1:x + 2].any() for x, y in points):
+                    found.add((names[low], names[high]))
+        listed = set(re.findall(r"(\w+) to (\w+)", item.caption.split("Arrows point from")[1]))
+        assert found == listed, item.caption
+
+        source = re.search(r"part of the (\w+)\?", item.question).group(1)
+        reached, frontier = set(), {source}
+        while frontier:
+            frontier = {b for a, b in listed if a in frontier} - reached
+            reached |= frontier
+        assert item.correct in reached and item.distractors[0] not in reached, (item.question, item.caption)
+        kinds[(source, names.index(item.correct) % 2)] += 1
+    # Which side the answer is on is not given by the question: every organism asked about leads to the
+    # left and to the right option.
+    assert all(kinds[(s, 0)] and kinds[(s, 1)] for s, _ in kinds), kinds
+
+
+def test_each_bar_is_a_whole_number_of_patches_and_the_caption_reads_them():
+    """A bar graph's two bars stand for the months asked about in calendar order, each a whole number of
+    16-px patches tall: heights found in the pixels, times the scale's step, are the caption's values,
+    and the right option is the taller bar's month (only the highest is asked)."""
+    import io
+    import re
+
+    import numpy as np
+    from scipy import ndimage
+
+    from svrd.sample import build_records
+    from svrd.sample.draw import COLOURS
+    from svrd.sample.families import MONTHS
+
+    step = {"°C": 5, "mm": 50}  # the graphs' scales: 5 °C or 50 mm a patch
+    seen = 0
+    for _, rec, caption, png in build_records(40, 3):
+        if rec["topic"] != "earth-science":
+            continue
+        seen += 1
+        unit = "°C" if "°C" in caption else "mm"
+        pixels = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+        colour = COLOURS["red"] if unit == "°C" else COLOURS["blue"]
+        blobs, _ = ndimage.label(np.abs(pixels - np.array(colour)).sum(axis=2) < 30)
+        bars = sorted(ndimage.find_objects(blobs), key=lambda box: box[1].start)
+        heights = [(ys.stop - ys.start) / 16 for ys, _ in bars]
+        assert len(bars) == 2 and all(h == int(h) for h in heights), (caption, heights)
+        facts = re.findall(r"(\w+) has (\d+) ?(?:°C|mm)", caption)
+        assert [m for m, _ in facts] == sorted(rec["choices"], key=MONTHS.index), (caption, rec["choices"])
+        assert [int(v) for _, v in facts] == [int(h) * step[unit] for h in heights], caption
+        taller = facts[heights.index(max(heights))][0]
+        assert rec["choices"][rec["answer"]] == taller, (caption, rec["answer"])
+    assert seen == 40

@@ -10,6 +10,8 @@ Design rules (a tiny student sees the image at 64 x 64):
   bar heights on a fixed scale;
 - names that appear as text in the options are bound to a fixed colour across the whole
   dataset (states on the map, organisms in a food web), because labels are unreadable at 64 px;
+  an organism also has a fixed place, inside one 16-px patch, so that reading a food web is
+  seeing which of the few places an arrow can take holds one;
 - the solution states the decisive visual facts and then the conclusion, in 1-3 sentences.
 """
 
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import math
 import random
-from collections import deque
 from dataclasses import dataclass, field
 
 from PIL import Image
@@ -287,45 +288,25 @@ def make_concentration(rng: random.Random) -> Item:
 # 4. Food web: "Which of these organisms contains matter that was once part of the grass?"
 # --------------------------------------------------------------------------------------------
 
-# Six roles: two producers, two primary consumers, two predators; each name has one colour.
+# Six roles at fixed places: producers at the bottom, primary consumers in the middle, predators at the top,
+# the first of each pair on the left. The ecosystem tints the background.
 ECOSYSTEMS = {
     "meadow": (("grass", "green"), ("clover", "yellow"), ("rabbit", "brown"), ("mouse", "gray"),
                ("fox", "orange"), ("hawk", "purple")),
     "pond": (("algae", "green"), ("duckweed", "yellow"), ("snail", "brown"), ("tadpole", "gray"),
              ("fish", "orange"), ("heron", "purple")),
 }
+BACKGROUND = {"meadow": (236, 247, 222), "pond": (222, 236, 250)}
 FOODWEB_LECTURE = (
     "A food web is a model that shows where organisms in an ecosystem get their food. Each arrow "
     "points from the organism that is eaten to the organism that eats it, so matter moves along the arrows."
 )
-
-
-def _reach(edges: list[tuple[int, int]], src: int) -> dict[int, int]:
-    """Nodes reachable from src by following arrows, mapped to their predecessor on a shortest path."""
-    prev: dict[int, int] = {}
-    queue = deque([src])
-    seen = {src}
-    while queue:
-        u = queue.popleft()
-        for a, b in edges:
-            if a == u and b not in seen:
-                seen.add(b)
-                prev[b] = u
-                queue.append(b)
-    return prev
-
-
-def _web(rng: random.Random) -> list[tuple[int, int]]:
-    """Arrows of a random web over the six roles (0,1 producers; 2,3 primary consumers; 4,5 predators)."""
-    edges = [(0, 2), (1, 3)]
-    if rng.random() < 0.3:
-        edges.append((0, 3))
-    elif rng.random() < 0.3:
-        edges.append((1, 2))
-    for h in (2, 3):
-        preds = rng.choice([[4], [5], [4], [5], [4, 5]])
-        edges += [(h, p) for p in preds]
-    return sorted(edges)
+NODE_X = (40, 88)       # centres of patch columns 2 and 5
+NODE_Y = (120, 72, 24)  # centres of patch rows 7, 4 and 1 (producers, consumers, predators)
+# Arrows between two levels: every organism has food or is food, so each of the 7 sets of arrows
+# between two pairs that leaves no organism of either pair without an arrow.
+_LINKS = [s for s in ([(a, b) for a in (0, 1) for b in (0, 1) if m >> (2 * a + b) & 1] for m in range(16))
+          if {a for a, _ in s} == {0, 1} and {b for _, b in s} == {0, 1}]
 
 
 def _level(role: int) -> int:
@@ -333,59 +314,51 @@ def _level(role: int) -> int:
 
 
 def make_food_web(rng: random.Random) -> Item:
+    """A food web whose arrows the student reads. With the organisms shuffled within each level and
+    meadow and pond drawn alike, the distilled student's caption had every arrow right on 10% of test
+    webs and it answered at chance; at fixed places on the ecosystem's tint, 61 of 61 (README)."""
     eco = rng.choice(sorted(ECOSYSTEMS))
+    names = [n for n, _ in ECOSYSTEMS[eco]]
     colour = dict(ECOSYSTEMS[eco])
-    # Names are shuffled within each level, so which producer feeds which consumer is random.
-    base = [n for n, _ in ECOSYSTEMS[eco]]
-    names = []
-    for level in range(3):
-        names += rng.sample(base[2 * level:2 * level + 2], 2)
-    # The wrong option is a consumer on the same level as the right one that no path of arrows
-    # reaches (a producer, or a different level, could be ruled out from the names alone), so
-    # only the arrows decide.
-    while True:
-        edges = _web(rng)
-        nodes = sorted({a for a, _ in edges} | {b for _, b in edges})
-        triples = []
-        for src in (k for k in nodes if _level(k) < 2):
-            prev = _reach(edges, src)
-            for target in sorted(prev):
-                for decoy in nodes:
-                    if decoy != src and decoy not in prev and _level(decoy) == _level(target):
-                        triples.append((src, target, decoy, prev))
-        if triples:
-            break
-    chains = [t for t in triples if t[3][t[1]] != t[0]]  # the right option is two arrows away
-    src, target, decoy, prev = rng.choice(chains if chains and rng.random() < 0.5 else triples)
-    path = [target]
-    while path[-1] != src:
-        path.append(prev[path[-1]])
-    path.reverse()
+    # The options are the two predators, and the question's organism leads to one of them by a chain of
+    # arrows with one arrow out of each organism on it: one arrow from a consumer, two from a producer.
+    # Following arrows always ends at the top, so the student stops there.
+    chains = []
+    while not chains:
+        edges = sorted([(a, 2 + b) for a, b in rng.choice(_LINKS)] + [(2 + a, 4 + b) for a, b in rng.choice(_LINKS)])
+        out = {k: [b for a, b in edges if a == k] for k in range(6)}
+        for src in range(4):
+            path = [src]
+            while _level(path[-1]) < 2 and len(out[path[-1]]) == 1:
+                path = path + out[path[-1]]
+            if _level(path[-1]) == 2:
+                chains.append(path)
+    longer = [p for p in chains if len(p) == 3]
+    path = rng.choice(longer if longer and rng.random() < 0.5 else chains)
+    src, target = path[0], path[-1]
+    decoy = target ^ 1
 
-    # Drawn as food webs usually are, one row per level (producers at the bottom), each organism in
-    # its own colour: an arrow goes straight up or crosses over, which the student can see.
-    node_r = 12
-    pos = {k: (34 + 60 * (k % 2) + rng.randint(-3, 3), 106 - 40 * _level(k) + rng.randint(-2, 2)) for k in nodes}
-    img, draw = canvas()
+    node_r = 7
+    pos = {k: (NODE_X[k % 2] + rng.randint(-1, 1), NODE_Y[_level(k)] + rng.randint(-1, 1)) for k in range(6)}
+    img, draw = canvas(BACKGROUND[eco])
     for a, b in edges:
         (x0, y0), (x1, y1) = pos[a], pos[b]
         d = math.hypot(x1 - x0, y1 - y0)
         ux, uy = (x1 - x0) / d, (y1 - y0) / d
         arrow(draw, (x0 + ux * (node_r + 1), y0 + uy * (node_r + 1)), (x1 - ux * (node_r + 1), y1 - uy * (node_r + 1)),
-              fill=(30, 30, 30), width=3, head_len=9, head_half=6)
-    for k in nodes:
+              fill=(30, 30, 30), width=4, head_len=10, head_half=6)
+    for k in range(6):
         x, y = pos[k]
-        draw.ellipse([x - node_r, y - node_r, x + node_r, y + node_r], fill=COLOURS[colour[names[k]]], outline=DARK, width=2)
-        centered_text(draw, (x + (-22 if k % 2 == 0 else 22), y), names[k], 8, halo=True)
+        draw.ellipse([x - node_r, y - node_r, x + node_r, y + node_r], fill=COLOURS[colour[names[k]]], outline=DARK, width=1)
+        centered_text(draw, (x + (-26 if k % 2 == 0 else 26), y), names[k], 8, halo=True)
 
     src_n, tgt_n, decoy_n = names[src], names[target], names[decoy]
-    rank = {k: base.index(names[k]) for k in nodes}  # captions list organisms in a fixed order
-    listed = sorted(nodes, key=rank.__getitem__)
-    arrows_txt = _join([f"{names[a]} to {names[b]}" for a, b in sorted(edges, key=lambda e: (rank[e[0]], rank[e[1]]))])
-    caption = f"A food web with {_join([names[k] for k in listed])}. Arrows point from {arrows_txt}."
+    arrows_txt = _join([f"{names[a]} to {names[b]}" for a, b in edges])
+    caption = f"A food web with {_join(names)}. Arrows point from {arrows_txt}."
     steps = " ".join(f"An arrow points from the {names[a]} to the {names[b]}." for a, b in zip(path, path[1:], strict=False))
+    # The answer is the last organism the arrows reach: the conclusion copies the name just written.
     solution = (f"Follow the arrows from the {src_n}. {steps} So, the {tgt_n} contains matter that was once part "
-                f"of the {src_n}. No path of arrows leads from the {src_n} to the {decoy_n}.")
+                f"of the {src_n}.")
     return Item(
         question=f"Which of these organisms contains matter that was once part of the {src_n}?",
         correct=tgt_n,
