@@ -60,12 +60,12 @@ def sample_examples(work: Path, per_family: int, target: str, conclusion: str):
 
 
 class BatchLog:
-    """Wraps CountingCollator to record each batch's pad share."""
+    """Wraps distill's Collator to record each batch's pad share."""
 
     def __init__(self):
         self.shares: list[float] = []
         self.tokens = 0
-        self._call = distill.CountingCollator.__call__
+        self._call = distill.Collator.__call__
 
     def __enter__(self):
         log = self
@@ -77,11 +77,11 @@ class BatchLog:
             log.tokens += int(mask.sum())
             return batch
 
-        distill.CountingCollator.__call__ = call
+        distill.Collator.__call__ = call
         return self
 
     def __exit__(self, *exc):
-        distill.CountingCollator.__call__ = self._call
+        distill.Collator.__call__ = self._call
 
 
 def run_once(model_dir: Path, examples, cfg, ckpt: Path) -> dict:

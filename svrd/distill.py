@@ -31,14 +31,10 @@ log = logging.getLogger(__name__)
 OPTIMIZERS = {"adam": "adamw_torch", "adamw": "adamw_torch", "sgd": "sgd", "adafactor": "adafactor"}
 
 
-class CountingCollator(Collator):
-    """The training collator (one class to hook for benchmarks and tests). Tokens are counted by the
-    trainer (TokenCount): with data loader workers this runs in their processes, not the training one."""
-
-
 class TokenCount:
-    """Real and padding tokens of the training batches, for the tokens/s curve and summary, counted in the
-    training process as batches arrive. Summed where the batch lies (no GPU sync per step); read when logged."""
+    """Real and padding tokens of the training batches, for the tokens/s curve and summary, counted by the
+    trainer as batches arrive (not by the collator: with data loader workers it runs in their processes).
+    Summed where the batch lies (no GPU sync per step); read when logged."""
 
     def __init__(self):
         self._real = 0
@@ -60,7 +56,7 @@ class TokenCount:
 def data_workers(setting: int | str) -> int:
     """train.data_workers as applied. auto: none on CPU, where a worker takes a core from the training
     itself; on a GPU one per CPU core but one, at most 8, since the processor's image work on the CPU
-    (about 2-4 s per batch of 16 for SmolVLM at 640x480, benchmarks/gpu_check.py) would otherwise
+    (2-5 s per batch of 16 for SmolVLM at 640x480 on an H200's host, benchmarks/gpu_check.py) would otherwise
     leave the GPU waiting between steps."""
     if setting != "auto":
         return int(setting)
@@ -181,7 +177,7 @@ def run_fingerprint(student: str, train_cfg: dict, examples: list[Example]) -> s
 
 def training_arguments(cfg, output_dir: str, use_bf16: bool, use_fp16: bool, has_eval: bool) -> TrainingArguments:
     weight_decay = 0.0 if cfg.optimizer == "adam" else cfg.weight_decay
-    workers = data_workers(getattr(cfg, "data_workers", "auto"))
+    workers = data_workers(cfg.data_workers)
     return TrainingArguments(
         output_dir=output_dir,
         optim=OPTIMIZERS[cfg.optimizer],
@@ -249,7 +245,7 @@ def train(model, processor, train_examples: list[Example], val_examples: list[Ex
     else:
         train_ds = TrainingDataset(processor, train_examples, cfg.max_length)
         val_ds = TrainingDataset(processor, val_examples, cfg.max_length) if val_examples else None
-    collator = CountingCollator(tok.pad_token_id)
+    collator = Collator(tok.pad_token_id)
     counter = TokenCount()
     require_fp32_trainable(model)
     compute = mixed_precision(cfg.precision, next(model.parameters()).device)

@@ -171,13 +171,15 @@ def caption_examples(rows: list[dict], prompt: str) -> list:
 
 def pretrain_config(p, seed: int):
     """tiny.pretrain as the training loop (svrd.distill.train) reads a train section: AdamW, a linear
-    schedule, `tiny.pretrain.precision`, every weight trainable, batches as `tiny.pretrain.group_by_length` says."""
+    schedule, `tiny.pretrain.precision`, every weight trainable, batches as `tiny.pretrain.group_by_length` says,
+    data loader workers as train.data_workers' auto."""
     from types import SimpleNamespace
 
     return SimpleNamespace(
         optimizer="adamw", lr=p.lr, epochs=p.epochs, batch_size=p.batch_size, grad_accum=1,
         warmup_steps=p.warmup_steps, schedule="linear", weight_decay=0.0, max_length=p.max_length,
         group_by_length=p.group_by_length, precision=p.precision, gradient_checkpointing=False, save_steps=p.save_steps, seed=seed,
+        data_workers="auto",
     )
 
 

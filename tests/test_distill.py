@@ -108,11 +108,11 @@ from svrd.params import load_params
 from tiny_models import fake_rationales, fake_records
 
 if os.environ.get("SLOW"):
-    call = distill.CountingCollator.__call__
+    call = distill.Collator.__call__
     def slow(self, features):
         time.sleep(float(os.environ["SLOW"]))
         return call(self, features)
-    distill.CountingCollator.__call__ = slow
+    distill.Collator.__call__ = slow
 ckpt = sys.argv[1]
 records = fake_records(8)
 examples = build_examples(records, fake_rationales(records), "rationale", "letter")
